@@ -1,0 +1,30 @@
+"""tfbnas: search, train and deploy 1-bit (binary) CNNs with TensorFlow, Larq and LCE.
+
+Importing :mod:`tfbnas` selects Keras 2 (``tf_keras``) for TensorFlow before TensorFlow is
+first imported: Larq's layers and quantizers are written for Keras 2, and TensorFlow >= 2.16
+otherwise hands out Keras 3 as ``tf.keras``.
+"""
+
+import os as _os
+import sys as _sys
+
+__version__ = "0.1.0"
+
+if "tensorflow" not in _sys.modules:
+    _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _check_keras_2():
+    import tensorflow as tf
+
+    # With TF_USE_LEGACY_KERAS=1, tf.keras is a lazy loader of tf_keras (Keras 2); otherwise Keras 3.
+    module = tf.keras.layers.Layer.__module__
+    if not module.startswith("tf_keras."):
+        raise ImportError(
+            f"tfbnas needs Keras 2 but tf.keras is Keras 3 ({module}): TensorFlow was imported before "
+            "tfbnas; import tfbnas first or set TF_USE_LEGACY_KERAS=1, and `pip install tf-keras`."
+        )
+
+
+_check_keras_2()

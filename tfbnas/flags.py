@@ -1,0 +1,109 @@
+"""absl flags shared by every tfbnas entry point, and the parser that reports flag errors in one line.
+
+Each entry point calls the ``define_*`` groups it needs, then runs through :func:`run`, which parses
+``argv`` (flagfiles included) and turns absl's multi-line usage dumps into one line naming the bad
+flag and the fix, with exit code 2.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+class ConfigError(ValueError):
+    """A flag combination that absl accepts but tfbnas cannot run; the message says what to change."""
+
+
+def _define_once(define, name, *args, **kwargs):
+    if name not in FLAGS:
+        define(name, *args, **kwargs)
+
+
+def define_data_flags():
+    """--dataset, --data_dir, --download, --train_examples, --test_examples, --batch_size, --seed."""
+    _define_once(flags.DEFINE_string, "dataset", "fashion_mnist",
+                 "Dataset: fashion_mnist (offline default), cifar10, cifar100, imagenet2012 or any tfds name.")
+    _define_once(flags.DEFINE_string, "data_dir", None,
+                 "Where the data lives: a folder of Fashion-MNIST IDX files or a tfds data dir.")
+    _define_once(flags.DEFINE_bool, "download", False, "Allow tfds to download a missing dataset (needs internet).")
+    _define_once(flags.DEFINE_integer, "train_examples", None,
+                 "Use a fixed random subset of this many training examples (quick runs).", lower_bound=2)
+    _define_once(flags.DEFINE_integer, "test_examples", None,
+                 "Use a fixed random subset of this many test examples.", lower_bound=1)
+    _define_once(flags.DEFINE_integer, "batch_size", 64, "Global training batch size.", lower_bound=1)
+    _define_once(flags.DEFINE_integer, "seed", 0, "Seed of data order, augmentation and initialisation.")
+
+
+def define_run_flags():
+    """--output_dir, --resume."""
+    _define_once(flags.DEFINE_string, "output_dir", None,
+                 "Run folder (created). Default: runs/<entry point>-<dataset>-<time>.")
+    _define_once(flags.DEFINE_string, "resume", None,
+                 "Continue the run in this folder from its last checkpoint (flags are read from its flags.txt).")
+
+
+def define_space_flags():
+    """--preset, --init_channels, --num_cells, --nodes."""
+    _define_once(flags.DEFINE_enum, "preset", "dcp", ["dcp", "bats"], "Op table preset of the search space.")
+    _define_once(flags.DEFINE_integer, "init_channels", 16, "Channels of the first cell (C).", lower_bound=1)
+    _define_once(flags.DEFINE_integer, "num_cells", 8, "Number of cells (reductions at 1/3 and 2/3).", lower_bound=1)
+    _define_once(flags.DEFINE_integer, "nodes", 4, "Intermediate nodes per cell.", lower_bound=1)
+
+
+def _one_line_parser(argv):
+    """absl ``flags_parser``: parse or exit 2 with one line."""
+    prog = os.path.basename(argv[0]) if argv else "tfbnas"
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        message = str(e).strip().splitlines()[0]
+        print(f"{prog}: flag error: {message} (see --helpfull for the list of flags)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(main):
+    """``absl.app.run(main)`` with one-line flag errors, and ConfigError/known errors as one line too."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except ConfigError as e:
+            print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=_one_line_parser)
+
+
+def flag_values(module_names=None) -> dict:
+    """The flags an entry point defined and their current values (for ``flags.json`` in the run folder)."""
+    values = {}
+    for name in FLAGS:
+        flag = FLAGS[name]
+        module = FLAGS.find_module_defining_flag(name) or ""
+        if module.startswith(("absl", "tensorflow", "tf_keras", "keras")):
+            continue
+        if module_names and not any(module.startswith(m) for m in module_names):
+            continue
+        values[name] = flag.value
+    return values
+
+
+def write_flags(run_dir: str, values: dict):
+    """Writes ``flags.txt`` (a reusable flagfile) and ``flags.json`` into the run folder."""
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "flags.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True, default=str)
+    with open(os.path.join(run_dir, "flags.txt"), "w") as f:
+        for name, value in sorted(values.items()):
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                f.write(f"--{name}\n" if value else f"--no{name}\n")
+            elif isinstance(value, (list, tuple)):
+                f.write(f"--{name}={','.join(str(v) for v in value)}\n")
+            else:
+                f.write(f"--{name}={value}\n")
