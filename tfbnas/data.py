@@ -343,9 +343,10 @@ def epoch_stream(images, labels, info: DatasetInfo, batch_size: int, seed: int, 
                  start_epoch: int = 0, skip_batches: int = 0) -> tf.data.Dataset:
     """An endless (train) or one-pass (eval) batched pipeline over in-memory arrays.
 
-    Training order: epoch ``e`` is ``stateless_shuffle(range(N), seed=(seed, e))``; an example's
-    augmentation is seeded by ``(seed, e * N + position)``. Starting at ``start_epoch`` and skipping
-    ``skip_batches`` therefore reproduces the stream an uninterrupted run sees at that point.
+    Training order: epoch ``e`` is ``stateless_shuffle(range(N), seed=(seed, e))`` cut into
+    ``N // batch_size`` full batches; an example's augmentation is seeded by ``(seed, e * N + position)``.
+    Starting at ``start_epoch`` and skipping ``skip_batches`` therefore reproduces the stream an
+    uninterrupted run sees at that point.
 
     Args:
         images, labels: numpy arrays (uint8 images ``[N, H, W, C]``).
@@ -366,18 +367,23 @@ def epoch_stream(images, labels, info: DatasetInfo, batch_size: int, seed: int, 
         ds = ds.map(lambda x, y: (normalize(_eval_resize(x, info), info), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def epoch_order(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, epoch]))
-        return tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), tf.range(n, dtype=tf.int64), order))
+    if n < batch_size:
+        raise ValueError(f"{n} training examples are fewer than one batch of {batch_size}; "
+                         "lower --batch_size or raise --train_examples")
 
     def example(epoch, position, index):
         image = tf.gather(images_t, index)
         image = augment(image, tf.stack([tf.cast(seed, tf.int64), epoch * n + position]), info)
         return normalize(image, info), tf.gather(labels_t, index)
 
-    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch_order)
-    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    def one_epoch(epoch):
+        # Batches never straddle epochs, so epoch e always starts at batch e * (n // batch_size).
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed, epoch]))
+        ds = tf.data.Dataset.from_tensor_slices((tf.fill([n], epoch), tf.range(n, dtype=tf.int64), order))
+        ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size, drop_remainder=True)
+
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(one_epoch)
     if skip_batches:
         ds = ds.skip(skip_batches)
     return ds.prefetch(tf.data.AUTOTUNE)

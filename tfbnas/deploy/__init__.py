@@ -1,0 +1,38 @@
+"""Deploy: Keras (Larq) model → LCE TFLite flatbuffer → parity check → benchmark.
+
+* :mod:`tfbnas.deploy.convert` — load, check what LCE can binarise, convert, report
+  (``deploy/convert.py``).
+* :mod:`tfbnas.deploy.flatbuffer` — op histogram and byte counts of a ``.tflite`` file.
+* :mod:`tfbnas.deploy.parity` — Keras vs ``lce.testing.Interpreter`` on real test images.
+* :mod:`tfbnas.deploy.benchmark` — latency on the host (LCE's interpreter, every kernel path) and on
+  an ARM board through ``lce_benchmark_model``, locally or over ssh (``deploy/benchmark.py``).
+
+Example:
+    >>> from tfbnas.deploy import convert_model_file
+    >>> report = convert_model_file("run/child.keras", "run/child.tflite")
+"""
+
+
+class DeployError(Exception):
+    """A deploy step cannot go on; the one-line message names the problem and the fix."""
+
+
+# Submodules import DeployError from here, so it is defined first.
+from tfbnas.deploy.flatbuffer import FlatbufferSummary, op_histogram, summarize_flatbuffer  # noqa: E402
+from tfbnas.deploy.parity import ParityError, ParityResult, parity_batch, parity_check  # noqa: E402
+from tfbnas.deploy.convert import (  # noqa: E402
+    BinarizationIssue,
+    binarization_issues,
+    convert_keras,
+    convert_model_file,
+    float_twin,
+    load_keras_model,
+)
+from tfbnas.deploy.benchmark import Latency, benchmark_board, benchmark_host, parse_benchmark_output  # noqa: E402
+
+__all__ = [
+    "DeployError", "ParityError", "BinarizationIssue", "FlatbufferSummary", "ParityResult", "Latency",
+    "load_keras_model", "binarization_issues", "float_twin", "convert_keras", "convert_model_file",
+    "op_histogram", "summarize_flatbuffer", "parity_batch", "parity_check",
+    "benchmark_host", "benchmark_board", "parse_benchmark_output",
+]
