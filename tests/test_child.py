@@ -1,0 +1,177 @@
+"""The derived Child: Functional model, Parent twin, .keras files, training on Fashion-MNIST, LCE conversion."""
+
+import collections
+
+import larq as lq
+import larq_compute_engine as lce
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.lite.python import schema_py_generated as schema
+
+from tfbnas import data
+from tfbnas.models import build_child, build_parent, custom_objects
+from tfbnas.space import Genotype, SpaceError
+from tfbnas.space.ops import binary_conv_layers, lce_binary
+
+# Every op of each preset appears in some cell, and reduction cells use stride-2 skip/dilated/grouped ops.
+DCP = Genotype(
+    "dcp", 4,
+    normal=[("sep_conv_3x3", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_5x5", 2),
+            ("max_pool_3x3", 1), ("dil_conv_5x5", 3), ("avg_pool_3x3", 0), ("sep_conv_3x3", 4)],
+    reduce=[("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("skip_connect", 1), ("sep_conv_3x3", 0),
+            ("avg_pool_3x3", 0), ("dil_conv_5x5", 2), ("skip_connect", 0), ("sep_conv_5x5", 1)],
+)
+BATS = Genotype(
+    "bats", 2,
+    normal=[("group_conv_3x3", 0), ("dil_group_conv_5x5", 1), ("skip_connect", 2), ("group_conv_5x5", 1)],
+    reduce=[("dil_group_conv_3x3", 0), ("skip_connect", 1), ("group_conv_5x5", 0), ("max_pool_3x3", 2)],
+)
+
+_BUILTIN_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_counts(flatbuffer: bytes) -> collections.Counter:
+    """Operator histogram of a TFLite flatbuffer (custom ops by their custom code, e.g. ``LceBconv2d``)."""
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        names.append(code.CustomCode().decode() if builtin == schema.BuiltinOperator.CUSTOM else _BUILTIN_NAMES[builtin])
+    counts = collections.Counter()
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for j in range(subgraph.OperatorsLength()):
+            counts[names[subgraph.Operators(j).OpcodeIndex()]] += 1
+    return counts
+
+
+def _images(shape, batch=4, seed=0):
+    return tf.random.stateless_normal([batch, *shape], seed=(seed, 7)).numpy()
+
+
+def _trained_like(model, seed=0):
+    """Random latent weights and BatchNorm statistics, as after training (not the initial identity BN,
+    where integer conv sums hit exactly 0 and sign ties may break differently in Larq and LCE)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0.0, 0.3, shape),
+                               rng.normal(0.0, 0.3, shape), rng.uniform(0.5, 2.0, shape)])
+        elif isinstance(layer, lq.layers.QuantConv2D):
+            layer.set_weights([rng.uniform(-1.0, 1.0, w.shape) for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)], ids=["fashion_mnist", "cifar"])
+def test_build_child_shapes_and_widths(shape):
+    child = build_child(DCP, num_classes=10, input_shape=shape, init_channels=8, num_cells=3)
+    assert child.output_shape == (None, 10)
+    assert child(_images(shape)).shape == (4, 10)
+    assert child.get_layer("stem_conv").filters == 24  # real-valued stem, stem_multiplier 3
+    assert not isinstance(child.get_layer("classifier"), lq.layers.QuantDense)
+    # Cells: normal (C), reduction (2C), reduction (4C); channels follow the width multipliers.
+    narrow = build_child(DCP, input_shape=shape, init_channels=8, num_cells=3, widths=[0.5, 1.0, 0.75])
+    assert [narrow.get_layer(f"cell{i}_pre1_qconv").filters for i in range(3)] == [4, 16, 24]
+    assert narrow.count_params() < child.count_params()
+
+
+def test_bad_widths_and_genotype_inputs(tmp_path):
+    with pytest.raises(SpaceError, match="widths"):
+        build_child(DCP, init_channels=8, num_cells=3, widths=[1.0, 1.0])
+    with pytest.raises(SpaceError, match="widths"):
+        build_child(DCP, init_channels=8, num_cells=3, widths=[1.0, -0.5, 1.0])
+    with pytest.raises(SpaceError, match="genotype"):
+        build_child(42)
+    path = DCP.save(str(tmp_path / "genotype.json"))
+    assert build_child(path, init_channels=8, num_cells=3).count_params() == \
+        build_child(DCP, init_channels=8, num_cells=3).count_params()
+
+
+def test_parent_twin_shares_weight_shapes():
+    child = build_child(DCP, init_channels=8, num_cells=3)
+    parent = build_parent(DCP, init_channels=8, num_cells=3)
+    assert [w.shape for w in child.get_weights()] == [w.shape for w in parent.get_weights()]
+    assert [type(layer) for layer in child.layers] == [type(layer) for layer in parent.layers]
+    parent.set_weights(child.get_weights())
+    binary = binary_conv_layers(child)
+    assert binary and not binary_conv_layers(parent)
+    assert all(layer.pad_values == 1.0 for layer in binary)
+    x = _images((28, 28, 1))
+    assert not np.allclose(child(x).numpy(), parent(x).numpy())
+
+
+@pytest.mark.parametrize("genotype, binary", [(DCP, True), (BATS, False)], ids=["dcp-child", "bats-parent"])
+def test_keras_file_round_trip(tmp_path, genotype, binary):
+    model = build_child(genotype, input_shape=(32, 32, 3), init_channels=16, num_cells=3, binary=binary)
+    x = _images((32, 32, 3))
+    _trained_like(model)
+    path = str(tmp_path / "child.keras")
+    model.save(path)
+    loaded = tf.keras.models.load_model(path)  # no custom_objects: tfbnas layers are registered
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), model(x, training=False).numpy())
+    assert [layer.__class__.__name__ for layer in loaded.layers] == [layer.__class__.__name__ for layer in model.layers]
+    assert {"Subsample2D", "ShiftPixel", "HardTanh"} <= set(custom_objects())
+
+
+def test_child_trains_on_fashion_mnist():
+    tf.keras.utils.set_random_seed(0)
+    (x_train, y_train), (x_test, y_test) = data.load_arrays("fashion_mnist")
+
+    def scale(images):
+        return ((images.astype("float32") / 255.0) - 0.2860) / 0.3530
+
+    child = build_child(DCP, num_classes=10, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+    child.compile(tf.keras.optimizers.Adam(3e-3), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  ["accuracy"])
+    child.fit(scale(x_train[:1000]), y_train[:1000], batch_size=16, epochs=1, verbose=0)
+    _, accuracy = child.evaluate(scale(x_test[:500]), y_test[:500], verbose=0)
+    assert accuracy > 0.3, accuracy  # chance is 0.1
+
+
+def _convert_and_count(model):
+    flatbuffer = lce.convert_keras_model(model)
+    return flatbuffer, op_counts(flatbuffer)
+
+
+def test_dcp_child_converts_every_binary_conv_to_lce_bconv():
+    child = build_child(DCP, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+    _trained_like(child)
+    flatbuffer, counts = _convert_and_count(child)
+    binary = binary_conv_layers(child)
+    assert counts["LceBconv2d"] == len(binary) > 20
+    assert counts["LceQuantize"] > 0
+    # Float ops that remain are visible: one real-valued stem conv, the depthwise parts of separable convs
+    # (cell 0 is a normal cell, cells 1 and 2 are reduction cells).
+    sep_convs = {cell: sum(op.startswith("sep_conv") for op, _ in DCP.cell(cell)) for cell in ("normal", "reduce")}
+    assert counts["CONV_2D"] == 1
+    assert counts["DEPTHWISE_CONV_2D"] == sep_convs["normal"] + 2 * sep_convs["reduce"]
+    # The flatbuffer computes what the Keras model computes.
+    interpreter = lce.testing.Interpreter(flatbuffer, num_threads=1)
+    x = _images((28, 28, 1), batch=4, seed=3)
+    lite = np.concatenate([interpreter.predict(x[i:i + 1]) for i in range(len(x))])
+    keras = child(x, training=False).numpy()
+    assert np.array_equal(lite.argmax(1), keras.argmax(1))
+    np.testing.assert_allclose(lite, keras, atol=1e-3 * np.max(np.abs(keras)))
+
+
+def test_bats_child_with_32_channels_per_group_converts_to_lce_bconv():
+    child = build_child(BATS, input_shape=(16, 16, 3), init_channels=64, num_cells=3)
+    grouped = [layer for layer in binary_conv_layers(child) if layer.groups > 1]
+    assert {layer.groups for layer in grouped} >= {2, 4}  # 64 -> 2 groups, 128 -> 4 groups (32 channels each)
+    assert all(layer.input_spec.axes[-1] // layer.groups == 32 for layer in grouped)
+    _, counts = _convert_and_count(child)
+    assert counts["LceBconv2d"] == len(binary_conv_layers(child))
+    assert counts["CONV_2D"] == 1  # only the real-valued stem
+
+
+def test_bats_paper_groups_at_small_width_fall_back_to_float_conv():
+    # BATS's fixed group count at C=16 leaves 2 channels per group: LCE emits a float CONV_2D instead.
+    child = build_child(BATS, input_shape=(16, 16, 3), init_channels=16, num_cells=3, group_policy="paper")
+    binary = binary_conv_layers(child)
+    not_binary = [layer for layer in binary if not lce_binary(layer.input_spec.axes[-1], layer.groups)]
+    assert not_binary
+    _, counts = _convert_and_count(child)
+    assert counts["LceBconv2d"] == len(binary) - len(not_binary)
+    assert counts["CONV_2D"] == 1 + len(not_binary)

@@ -1,0 +1,187 @@
+"""Derived networks: the 1-bit Child of a genotype and its real-valued Parent twin.
+
+:func:`build_child` turns a :class:`~tfbnas.space.genotype.Genotype` into a plain Functional Keras
+model built from the same op table as the supernet (:mod:`tfbnas.space.ops`): every binary conv is a
+``lq.layers.QuantConv2D`` that the LCE converter makes into an ``LceBconv2d``. The stem conv and the
+classifier stay real-valued. ``binary=False`` gives the Parent twin: the same layers and weight
+shapes with real-valued activations and weights, so ``child.set_weights(parent.get_weights())``
+works both ways.
+
+Example::
+
+    genotype = Genotype.load("run/genotype.json")
+    child = build_child(genotype, num_classes=10, input_shape=(28, 28, 1), init_channels=16, num_cells=8)
+    child.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+    child.fit(x_train, y_train)
+    child.save("child.keras")          # tf.keras.models.load_model("child.keras") needs no extra code
+
+Layer names: ``stem_conv``, ``stem_bn``, ``cell{i}_pre0_*``, ``cell{i}_pre1_*``,
+``cell{i}_node{n}_from{j}_{op}_*`` (one per kept edge), ``cell{i}_node{n}_sum``, ``cell{i}_concat``,
+``global_pool``, ``classifier``.
+"""
+
+import os
+from typing import Dict, Optional, Sequence, Union
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from tfbnas.space.genotype import Genotype
+from tfbnas.space.ops import (batch_norm, check_group_policy, child_conv_bn, child_op, layer_classes, SpaceError)
+from tfbnas.space.supernet import reduction_cells
+
+
+def _scaled_channels(channels: int, multiplier: float) -> int:
+    # Even, so a following factorized reduce can split it in two halves.
+    c = int(round(channels * float(multiplier)))
+    return max(2, c + (c % 2))
+
+
+def _check_widths(widths, num_cells: int):
+    if widths is None:
+        return [1.0] * num_cells
+    try:
+        values = [float(w) for w in widths]
+    except (TypeError, ValueError):
+        raise SpaceError(f"widths={widths!r} must be a list of {num_cells} positive numbers (one per cell).") from None
+    if len(values) != num_cells or not all(np.isfinite(v) and v > 0 for v in values):
+        raise SpaceError(f"widths={widths!r} must be {num_cells} positive multipliers (one per cell), "
+                         "e.g. [0.5] * num_cells.")
+    return values
+
+
+def _as_genotype(genotype) -> Genotype:
+    if isinstance(genotype, Genotype):
+        return genotype
+    if isinstance(genotype, dict):
+        return Genotype.from_dict(genotype)
+    if isinstance(genotype, (str, os.PathLike)):
+        return Genotype.load(os.fspath(genotype))
+    raise SpaceError(f"genotype must be a Genotype, its dict or a genotype.json path, got {type(genotype).__name__}.")
+
+
+def child_cell(s0, s1, genotype: Genotype, channels: int, reduction: bool, reduction_prev: bool,
+               binary: bool = True, group_policy="lce", prefix: str = "cell"):
+    """One derived cell in the Functional API (Child form of :class:`~tfbnas.space.supernet.SearchCell`).
+
+    Args:
+        s0, s1: outputs of the two previous cells.
+        genotype: supplies the kept edges of the ``"reduce"`` or ``"normal"`` cell.
+        channels: channels of every node.
+        reduction: use the reduction cell (stride 2 on edges from the inputs).
+        reduction_prev: ``s0`` has twice the resolution of ``s1`` (binary factorized reduce on it).
+        binary: 1-bit Child or Parent twin.
+        group_policy: group-count rule of grouped convs.
+        prefix: layer-name prefix.
+
+    Returns:
+        The cell output (concatenation of the ``concat`` states).
+    """
+    cell = "reduce" if reduction else "normal"
+    if reduction_prev:
+        p0, _ = child_op("skip_connect", s0, channels, 2, binary, group_policy, prefix=f"{prefix}_pre0")
+    else:
+        p0, _ = child_conv_bn(s0, channels, 1, binary=binary, prefix=f"{prefix}_pre0")
+    p1, _ = child_conv_bn(s1, channels, 1, binary=binary, prefix=f"{prefix}_pre1")
+    states = [p0, p1]
+    edges = genotype.cell(cell)
+    for node in range(genotype.nodes):
+        outs = []
+        for op, source in edges[2 * node:2 * node + 2]:
+            stride = 2 if reduction and source < 2 else 1
+            y, _ = child_op(op, states[source], channels, stride, binary, group_policy,
+                            prefix=f"{prefix}_node{node}_from{source}_{op}")
+            outs.append(y)
+        states.append(tf.keras.layers.Add(name=f"{prefix}_node{node}_sum")(outs))
+    picked = [states[i] for i in genotype.concat(cell)]
+    if len(picked) == 1:
+        return picked[0]
+    return tf.keras.layers.Concatenate(name=f"{prefix}_concat")(picked)
+
+
+def build_child(genotype: Union[Genotype, dict, str], num_classes: int = 10, input_shape=(28, 28, 1),
+                init_channels: int = 16, num_cells: int = 8, binary: bool = True,
+                widths: Optional[Sequence[float]] = None, name: Optional[str] = None, stem_multiplier: int = 3,
+                group_policy="lce") -> tf.keras.Model:
+    """Build the network of a genotype as a Functional Keras model.
+
+    Args:
+        genotype: a :class:`Genotype`, its dict, or the path of a ``genotype.json``.
+        num_classes: classifier outputs (logits).
+        input_shape: image shape ``(H, W, C)``.
+        init_channels: channels ``C`` of the first cells (doubled at each reduction, as in the supernet).
+        num_cells: cells; reductions at ``num_cells // 3`` and ``2 * num_cells // 3``.
+        binary: True: 1-bit Child; False: real-valued Parent twin (same layers and weight shapes).
+        widths: optional per-cell channel multipliers (``num_cells`` positive floats, e.g. 0.5);
+            a cell's channels become ``round(C * w)`` rounded up to even.
+        name: model name (default ``"child"`` / ``"parent"``).
+        stem_multiplier: real-valued stem conv width is ``stem_multiplier * init_channels``.
+        group_policy: group-count rule of grouped convs (``"lce"`` keeps every grouped conv binary
+            in LCE; see :func:`tfbnas.space.ops.group_count`).
+
+    Returns:
+        A ``tf.keras.Model`` mapping images to logits.
+
+    Raises:
+        SpaceError: invalid ``widths``, ``group_policy`` or sizes.
+        GenotypeError: invalid genotype.
+
+    Example:
+        >>> g = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("skip_connect", 1)], [("max_pool_3x3", 0), ("dil_conv_3x3", 1)])
+        >>> build_child(g, init_channels=8, num_cells=3).output_shape
+        (None, 10)
+    """
+    genotype = _as_genotype(genotype)
+    check_group_policy(group_policy)
+    for arg, value in (("num_classes", num_classes), ("init_channels", init_channels), ("num_cells", num_cells),
+                       ("stem_multiplier", stem_multiplier)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise SpaceError(f"{arg}={value!r} must be a positive integer.")
+    multipliers = _check_widths(widths, num_cells)
+    binary = bool(binary)
+
+    inputs = tf.keras.Input(tuple(input_shape), name="image")
+    x = tf.keras.layers.Conv2D(stem_multiplier * init_channels, 3, padding="same", use_bias=False,
+                               name="stem_conv")(inputs)
+    x = batch_norm(name="stem_bn")(x)
+    s0 = s1 = x
+    reductions = reduction_cells(num_cells)
+    channels, reduction_prev = init_channels, False
+    for i in range(num_cells):
+        reduction = i in reductions
+        if reduction:
+            channels *= 2
+        cell_channels = _scaled_channels(channels, multipliers[i])
+        out = child_cell(s0, s1, genotype, cell_channels, reduction, reduction_prev, binary, group_policy,
+                         prefix=f"cell{i}")
+        s0, s1 = s1, out
+        reduction_prev = reduction
+    x = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")(s1)
+    outputs = tf.keras.layers.Dense(num_classes, name="classifier")(x)
+    return tf.keras.Model(inputs, outputs, name=name or ("child" if binary else "parent"))
+
+
+def build_parent(genotype: Union[Genotype, dict, str], **kwargs) -> tf.keras.Model:
+    """The real-valued Parent twin of :func:`build_child` (same arguments, ``binary=False``)."""
+    kwargs["binary"] = False
+    return build_child(genotype, **kwargs)
+
+
+def custom_objects() -> Dict[str, type]:
+    """Every tfbnas layer (by class name and registered name) plus Larq's ``QuantConv2D``.
+
+    Registration already makes ``tf.keras.models.load_model("child.keras")`` work once
+    :mod:`tfbnas.models` is imported; pass this to loaders that need explicit objects.
+    """
+    from tfbnas.space import supernet
+
+    classes = dict(layer_classes())
+    for cls in (supernet.MixedEdge, supernet.SearchCell, supernet.SuperNet):
+        classes[cls.__name__] = cls
+    objects = {**classes, **{f"tfbnas>{n}": c for n, c in classes.items()}}
+    objects["QuantConv2D"] = lq.layers.QuantConv2D
+    return objects
+
+
+__all__ = ["build_child", "build_parent", "child_cell", "custom_objects"]

@@ -1,0 +1,694 @@
+"""The op table of the 1-bit search space, in a supernet form and a Child form.
+
+One table (:data:`OPS`) describes every candidate op; :data:`PRESETS` picks the op list of a
+search space:
+
+* ``"dcp"`` (DCP-NAS / CP-NAS): zero, skip, 3x3 max and avg pool, binary 3x3 / 5x5 dilated
+  convs (rate 2) and 3x3 / 5x5 separable convs (a real-valued depthwise conv followed by a binary
+  1x1 conv, because LCE never binarises depthwise convs: the depthwise part deploys as float).
+* ``"bats"`` (BATS): zero, skip, 3x3 max and avg pool, binary 3x3 / 5x5 grouped convs and
+  3x3 / 5x5 dilated grouped convs, each followed by a binary 1x1 conv.
+
+Each op exists in two forms built from the same table:
+
+* the **supernet form** (:func:`make_search_op`): small Keras layers computing with ``tf.nn``
+  directly (a grouped conv is one ``tf.nn.conv2d`` with a ``(kh, kw, Cin/G, Cout)`` kernel, never a
+  Keras conv layer with ``groups > 1``). ``call(x, training=None, binary=None)`` runs the 1-bit
+  Child (``binary=True``: sign/STE activations and weights) or the real-valued Parent
+  (``binary=False``: hard-tanh activations, latent weights) on the *same* variables.
+* the **Child form** (:func:`child_op`): Functional-API layers built from ``lq.layers.QuantConv2D``
+  (+ BatchNormalization, DepthwiseConv2D, pooling), which the LCE converter turns into
+  ``LceBconv2d`` ops (BatchNorm folded in).
+
+Both forms compute the same function given the same weights; :func:`transfer_weights` copies a
+supernet op's variables into its Child layers.
+
+A binary conv is: sign/STE input quantizer, sign kernel quantizer, ``weight_clip`` on the latent
+weights, "same" padding with +1 (LCE's fast path), then BatchNorm. The BatchNorm scale is the
+real-valued per-channel scaling factor of XNOR-Net/BATS; LCE folds it into the ``LceBconv2d``.
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+
+class SpaceError(ValueError):
+    """A search-space setting is invalid; the message names the setting and the fix."""
+
+
+# BatchNorm settings shared by both forms (momentum as DARTS: 0.1 in PyTorch terms).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-3
+
+# BATS uses grouped convs with 12 groups (the DARTS widths 36/72/144 divide by 12).
+BATS_GROUPS = 12
+# LCE binarises a grouped conv only when every group has a multiple of 32 input channels.
+LCE_GROUP_CHANNELS = 32
+GROUP_POLICIES = ("lce", "paper")
+
+
+class OpSpec(NamedTuple):
+    """One row of the op table.
+
+    Attributes:
+        name: op name as used in genotypes.
+        kind: ``"zero"``, ``"skip"``, ``"max_pool"``, ``"avg_pool"``, ``"conv"`` (binary kxk conv,
+            optionally grouped, optionally followed by a binary 1x1) or ``"sep_conv"`` (real
+            depthwise kxk + binary 1x1).
+        kernel_size: spatial kernel size.
+        dilation: dilation rate of the kxk conv.
+        grouped: whether the kxk conv is grouped (group count from :func:`group_count`).
+        pointwise: whether a binary 1x1 conv follows the kxk conv.
+        deploys: what LCE makes of it.
+    """
+
+    name: str
+    kind: str
+    kernel_size: int = 1
+    dilation: int = 1
+    grouped: bool = False
+    pointwise: bool = False
+    deploys: str = ""
+
+
+OPS: Dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec("none", "zero", deploys="nothing (edge dropped)"),
+        OpSpec("skip_connect", "skip",
+               deploys="identity; stride 2: two binary 1x1 convs (LceBconv2d) + concat"),
+        OpSpec("max_pool_3x3", "max_pool", 3, deploys="float MAX_POOL_2D"),
+        OpSpec("avg_pool_3x3", "avg_pool", 3, deploys="float AVERAGE_POOL_2D"),
+        OpSpec("dil_conv_3x3", "conv", 3, 2, deploys="LceBconv2d (dilation 2)"),
+        OpSpec("dil_conv_5x5", "conv", 5, 2, deploys="LceBconv2d (dilation 2)"),
+        OpSpec("sep_conv_3x3", "sep_conv", 3, pointwise=True,
+               deploys="float DEPTHWISE_CONV_2D + LceBconv2d 1x1"),
+        OpSpec("sep_conv_5x5", "sep_conv", 5, pointwise=True,
+               deploys="float DEPTHWISE_CONV_2D + LceBconv2d 1x1"),
+        OpSpec("group_conv_3x3", "conv", 3, 1, grouped=True, pointwise=True,
+               deploys="LceBconv2d grouped (32k channels/group) + LceBconv2d 1x1"),
+        OpSpec("group_conv_5x5", "conv", 5, 1, grouped=True, pointwise=True,
+               deploys="LceBconv2d grouped (32k channels/group) + LceBconv2d 1x1"),
+        OpSpec("dil_group_conv_3x3", "conv", 3, 2, grouped=True, pointwise=True,
+               deploys="LceBconv2d grouped, dilation 2 + LceBconv2d 1x1"),
+        OpSpec("dil_group_conv_5x5", "conv", 5, 2, grouped=True, pointwise=True,
+               deploys="LceBconv2d grouped, dilation 2 + LceBconv2d 1x1"),
+    )
+}
+
+PRESETS: Dict[str, Tuple[str, ...]] = {
+    "dcp": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
+            "dil_conv_3x3", "dil_conv_5x5", "sep_conv_3x3", "sep_conv_5x5"),
+    "bats": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
+             "group_conv_3x3", "group_conv_5x5", "dil_group_conv_3x3", "dil_group_conv_5x5"),
+}
+
+# Ops without learnable kxk weights (DARTS convention: skip counts as parameter-free).
+PARAM_FREE_OPS = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+
+
+def preset_ops(preset: str) -> Tuple[str, ...]:
+    """The op names of a preset, in alpha-column order.
+
+    Raises:
+        SpaceError: unknown preset.
+    """
+    if preset not in PRESETS:
+        raise SpaceError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)}.")
+    return PRESETS[preset]
+
+
+def check_group_policy(group_policy):
+    """Raise :class:`SpaceError` unless ``group_policy`` is ``"lce"``, ``"paper"`` or a positive int."""
+    if isinstance(group_policy, bool) or not (
+        group_policy in GROUP_POLICIES or (isinstance(group_policy, int) and group_policy >= 1)
+    ):
+        raise SpaceError(
+            f"group_policy={group_policy!r} is invalid; use 'lce' (binary in LCE at any width), "
+            f"'paper' (BATS's {BATS_GROUPS} groups) or a fixed positive group count."
+        )
+
+
+def group_count(channels: int, group_policy: Union[str, int] = "lce", max_groups: int = BATS_GROUPS) -> int:
+    """Number of groups of a grouped conv with ``channels`` input (and output) channels.
+
+    Args:
+        channels: input channels of the conv.
+        group_policy: ``"lce"``: the largest ``G <= max_groups`` dividing ``channels`` with a
+            multiple of 32 channels per group, else 1 (a dense binary conv), so the conv always
+            deploys as ``LceBconv2d``. ``"paper"``: the largest ``G <= max_groups`` dividing
+            ``channels`` (BATS's 12 when possible); deploys as a float conv whenever
+            ``channels / G`` is not a multiple of 32. An int: that group count (must divide).
+        max_groups: upper bound on the group count.
+
+    Returns:
+        The group count.
+
+    Example:
+        >>> group_count(128), group_count(16), group_count(384, "paper")
+        (4, 1, 12)
+    """
+    check_group_policy(group_policy)
+    if isinstance(group_policy, int):
+        if channels % group_policy:
+            raise SpaceError(
+                f"group_policy={group_policy} does not divide {channels} channels; "
+                "choose a divisor or use group_policy='lce'."
+            )
+        return group_policy
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups:
+            continue
+        if group_policy == "paper" or groups == 1 or (channels // groups) % LCE_GROUP_CHANNELS == 0:
+            return groups
+    return 1
+
+
+def lce_binary(channels: int, groups: int) -> bool:
+    """Whether LCE turns a binary conv with ``channels`` inputs and ``groups`` groups into LceBconv2d."""
+    return groups == 1 or (channels // groups) % LCE_GROUP_CHANNELS == 0
+
+
+# --------------------------------------------------------------------------- activations
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class HardTanh(lq.quantizers.Quantizer):
+    """``clip(x, -1, 1)``: the Parent's real-valued stand-in for the sign quantizer.
+
+    Its gradient equals the straight-through estimator of ``ste_sign``, so the Parent and the
+    1-bit Child train the same latent weights with the same backward pass.
+
+    Example:
+        >>> HardTanh()(tf.constant([-2.0, 0.5])).numpy()
+        array([-1. ,  0.5], dtype=float32)
+    """
+
+    precision = None
+
+    def call(self, inputs):
+        return tf.clip_by_value(inputs, -1.0, 1.0)
+
+
+def quantize_input(x, binary: bool):
+    """Sign with STE gradient (Child) or hard tanh (Parent): the activation before every binary conv."""
+    return lq.quantizers.ste_sign(x) if binary else tf.clip_by_value(x, -1.0, 1.0)
+
+
+def _pad_value(binary: bool) -> float:
+    # Child: LCE pads binarised inputs with +1; Parent: the usual zero padding.
+    return 1.0 if binary else 0.0
+
+
+def _same_pads(size, kernel_size: int, stride: int, dilation: int):
+    """TensorFlow 'SAME' padding (before, after) along one axis."""
+    effective = (kernel_size - 1) * dilation + 1
+    if isinstance(size, int):
+        out = -(-size // stride)
+        total = max((out - 1) * stride + effective - size, 0)
+        return total // 2, total - total // 2
+    out = (size + stride - 1) // stride
+    total = tf.maximum((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+# --------------------------------------------------------------------------- supernet form
+
+
+class SearchOp(tf.keras.layers.Layer):
+    """Base of the supernet-form ops.
+
+    Args:
+        binary: default mode when ``call`` gets ``binary=None``.
+
+    Subclasses implement ``call(x, training=None, binary=None, quantized=None)``; ``quantized``
+    is the edge input already passed through :func:`quantize_input` (shared by all binary ops of
+    an edge) and is ignored by ops that do not binarise their input.
+    """
+
+    uses_quantized_input = False
+
+    def __init__(self, binary: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.binary = bool(binary)
+
+    def _mode(self, binary):
+        return self.binary if binary is None else bool(binary)
+
+    def op_weights(self) -> List[tf.Variable]:
+        """Variables in the order of the Child layers' ``get_weights()`` (see :func:`transfer_weights`)."""
+        return []
+
+    def get_config(self):
+        return {**super().get_config(), "binary": self.binary}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class SearchConvBN(SearchOp):
+    """Binary (or, in Parent mode, real) conv + BatchNorm on an already quantized input.
+
+    The kernel has shape ``(k, k, Cin / groups, filters)`` and is run by one ``tf.nn.conv2d``.
+    The input is padded explicitly ("same", with +1 in Child mode, 0 in Parent mode). A strided
+    dilated conv pads as at stride 1 and then keeps every ``strides``-th output, which is what its
+    Child form (stride-1 dilated ``QuantConv2D`` + :class:`Subsample2D`) computes.
+
+    Args:
+        filters: output channels.
+        kernel_size: spatial kernel size.
+        strides: spatial stride.
+        dilation_rate: dilation.
+        groups: group count (``Cin`` and ``filters`` must divide by it).
+
+    Example:
+        >>> conv = SearchConvBN(16, 3)
+        >>> conv(quantize_input(tf.ones([1, 8, 8, 16]), True)).shape
+        TensorShape([1, 8, 8, 16])
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1,
+                 groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.groups = int(groups)
+        if self.filters % self.groups:
+            raise SpaceError(f"filters={self.filters} is not divisible by groups={self.groups}.")
+        self.bn = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="bn")
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        if channels % self.groups:
+            raise SpaceError(f"{channels} input channels are not divisible by groups={self.groups}.")
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            "kernel", shape=(k, k, channels // self.groups, self.filters), initializer="glorot_uniform",
+            constraint=lq.constraints.WeightClip(1.0), trainable=True,
+        )
+        super().build(input_shape)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        binary = self._mode(binary)
+        if quantized is not None:
+            x = quantized
+        k, s, d = self.kernel_size, self.strides, self.dilation_rate
+        kernel = tf.convert_to_tensor(self.kernel)
+        if binary:
+            kernel = lq.quantizers.ste_sign(kernel)
+        if k > 1:
+            pad_stride = 1 if d > 1 else s
+            shape = x.shape
+            h = shape[1] if shape[1] is not None else tf.shape(x)[1]
+            w = shape[2] if shape[2] is not None else tf.shape(x)[2]
+            ph, pw = _same_pads(h, k, pad_stride, d), _same_pads(w, k, pad_stride, d)
+            x = tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]], constant_values=_pad_value(binary))
+        y = tf.nn.conv2d(x, kernel, strides=[1, s, s, 1], padding="VALID", dilations=[1, d, d, 1])
+        return self.bn(y, training=training)
+
+    def op_weights(self):
+        bn = self.bn
+        return [self.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance]
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "dilation_rate": self.dilation_rate, "groups": self.groups}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class BinaryConvOp(SearchOp):
+    """Binary kxk conv (dense, dilated or grouped) + BN, optionally followed by binary 1x1 + BN.
+
+    Used for ``dil_conv_*``, ``group_conv_*``, ``dil_group_conv_*`` and the cells' 1x1
+    preprocessing.
+
+    Args:
+        filters: output channels.
+        kernel_size, strides, dilation_rate, groups: of the kxk conv.
+        pointwise: add a binary 1x1 conv after the kxk conv.
+
+    Example:
+        >>> op = BinaryConvOp(32, 3, dilation_rate=2)
+        >>> op(tf.zeros([2, 8, 8, 32]), binary=False).shape
+        TensorShape([2, 8, 8, 32])
+    """
+
+    uses_quantized_input = True
+
+    def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1,
+                 groups: int = 1, pointwise: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
+        self.dilation_rate, self.groups, self.pointwise = int(dilation_rate), int(groups), bool(pointwise)
+        self.conv = SearchConvBN(filters, kernel_size, strides, dilation_rate, groups, name="conv")
+        self.pw = SearchConvBN(filters, 1, name="pw") if self.pointwise else None
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        binary = self._mode(binary)
+        xq = quantized if quantized is not None else quantize_input(x, binary)
+        y = self.conv(xq, training=training, binary=binary)
+        if self.pw is not None:
+            y = self.pw(quantize_input(y, binary), training=training, binary=binary)
+        return y
+
+    def op_weights(self):
+        return self.conv.op_weights() + (self.pw.op_weights() if self.pw is not None else [])
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "dilation_rate": self.dilation_rate, "groups": self.groups,
+                "pointwise": self.pointwise}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class SepConvOp(SearchOp):
+    """Real-valued depthwise kxk conv + BN, then binary 1x1 conv + BN.
+
+    LCE never binarises depthwise convs, so the depthwise part stays real-valued in both modes
+    (it deploys as a float ``DEPTHWISE_CONV_2D``); only the 1x1 conv is binary.
+
+    Args:
+        filters: output channels of the 1x1 conv.
+        kernel_size: depthwise kernel size.
+        strides: depthwise stride.
+
+    Example:
+        >>> SepConvOp(16, 3, strides=2)(tf.zeros([1, 8, 8, 16])).shape
+        TensorShape([1, 4, 4, 16])
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
+        self.dw_bn = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="dw_bn")
+        self.pw = SearchConvBN(filters, 1, name="pw")
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.depthwise_kernel = self.add_weight(
+            "depthwise_kernel", shape=(k, k, int(input_shape[-1]), 1), initializer="glorot_uniform", trainable=True)
+        super().build(input_shape)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        binary = self._mode(binary)
+        s = self.strides
+        y = tf.nn.depthwise_conv2d(x, self.depthwise_kernel, [1, s, s, 1], "SAME")
+        y = self.dw_bn(y, training=training)
+        return self.pw(quantize_input(y, binary), training=training, binary=binary)
+
+    def op_weights(self):
+        bn = self.dw_bn
+        return [self.depthwise_kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance] + self.pw.op_weights()
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class PoolOp(SearchOp):
+    """3x3 max or average pooling ("same"; the average excludes the padding), on real inputs.
+
+    Args:
+        pool: ``"max"`` or ``"avg"``.
+        pool_size: window size.
+        strides: stride.
+    """
+
+    def __init__(self, pool: str = "max", pool_size: int = 3, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        if pool not in ("max", "avg"):
+            raise SpaceError(f"pool={pool!r} is unknown; use 'max' or 'avg'.")
+        self.pool, self.pool_size, self.strides = pool, int(pool_size), int(strides)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        fn = tf.nn.max_pool2d if self.pool == "max" else tf.nn.avg_pool2d
+        return fn(x, self.pool_size, self.strides, "SAME")
+
+    def get_config(self):
+        return {**super().get_config(), "pool": self.pool, "pool_size": self.pool_size, "strides": self.strides}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class IdentityOp(SearchOp):
+    """``skip_connect`` at stride 1."""
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        return tf.identity(x)
+
+
+def _shift_pixel(x, value):
+    """Drop the first row and column and pad one row and column at the end (same shape)."""
+    return tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]], constant_values=value)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class FactorizedReduceOp(SearchOp):
+    """``skip_connect`` at stride 2: two binary 1x1 stride-2 convs, one on the input shifted by a
+    pixel, each with BN, concatenated (DARTS's factorized reduce, binarised).
+
+    Args:
+        filters: output channels (even).
+
+    Example:
+        >>> FactorizedReduceOp(16)(tf.zeros([1, 7, 7, 8])).shape
+        TensorShape([1, 4, 4, 16])
+    """
+
+    uses_quantized_input = True
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        if self.filters % 2:
+            raise SpaceError(f"factorized reduce needs an even channel count, got {self.filters}; use even widths.")
+        self.conv_a = SearchConvBN(self.filters // 2, 1, strides=2, name="conv_a")
+        self.conv_b = SearchConvBN(self.filters // 2, 1, strides=2, name="conv_b")
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, training=None, binary=None, quantized=None):
+        binary = self._mode(binary)
+        xq = quantized if quantized is not None else quantize_input(x, binary)
+        a = self.conv_a(xq, training=training, binary=binary)
+        b = self.conv_b(_shift_pixel(xq, _pad_value(binary)), training=training, binary=binary)
+        return tf.concat([a, b], axis=-1)
+
+    def op_weights(self):
+        return self.conv_a.op_weights() + self.conv_b.op_weights()
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def _check_op(name: str, preset: Optional[str] = None) -> OpSpec:
+    if name not in OPS:
+        raise SpaceError(f"op {name!r} is unknown; use one of {sorted(OPS)}.")
+    if preset is not None and name not in preset_ops(preset):
+        raise SpaceError(f"op {name!r} is not in preset {preset!r}; its ops are {list(preset_ops(preset))}.")
+    return OPS[name]
+
+
+def make_search_op(name: str, channels: int, stride: int = 1, binary: bool = True,
+                   group_policy: Union[str, int] = "lce", layer_name: Optional[str] = None) -> Optional[SearchOp]:
+    """Supernet form of op ``name`` mapping ``channels`` to ``channels`` channels.
+
+    Args:
+        name: op name from :data:`OPS`.
+        channels: input and output channels.
+        stride: 1, or 2 on reduction-cell edges from the cell inputs.
+        binary: default mode of the layer.
+        group_policy: see :func:`group_count`.
+        layer_name: Keras layer name.
+
+    Returns:
+        A :class:`SearchOp`, or ``None`` for ``"none"`` (zero contributes nothing to a sum).
+    """
+    spec = _check_op(name)
+    kw = dict(binary=binary, name=layer_name or name)
+    if spec.kind == "zero":
+        return None
+    if spec.kind == "skip":
+        return IdentityOp(**kw) if stride == 1 else FactorizedReduceOp(channels, **kw)
+    if spec.kind in ("max_pool", "avg_pool"):
+        return PoolOp(spec.kind.split("_")[0], spec.kernel_size, stride, **kw)
+    if spec.kind == "sep_conv":
+        return SepConvOp(channels, spec.kernel_size, stride, **kw)
+    groups = group_count(channels, group_policy) if spec.grouped else 1
+    return BinaryConvOp(channels, spec.kernel_size, stride, spec.dilation, groups, spec.pointwise, **kw)
+
+
+# --------------------------------------------------------------------------- Child form
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class Subsample2D(tf.keras.layers.Layer):
+    """Keep every ``stride``-th row and column, starting at ``offset``: ``x[:, o::s, o::s, :]``.
+
+    Turns a stride-1 dilated conv into a strided one (Keras convs cannot be strided and dilated).
+
+    Args:
+        stride: subsampling factor.
+
+    Example:
+        >>> Subsample2D(2)(tf.zeros([1, 7, 7, 3])).shape
+        TensorShape([1, 4, 4, 3])
+    """
+
+    def __init__(self, stride: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.stride = int(stride)
+
+    def call(self, inputs):
+        return inputs[:, :: self.stride, :: self.stride, :]
+
+    def get_config(self):
+        return {**super().get_config(), "stride": self.stride}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class ShiftPixel(tf.keras.layers.Layer):
+    """Shift the image one pixel up-left, zero-filling the last row and column (same shape).
+
+    The second path of the factorized reduce: a stride-2 1x1 conv after it samples the odd pixels.
+    Zero becomes +1 after the sign quantizer, matching the supernet form.
+    """
+
+    def call(self, inputs):
+        return _shift_pixel(inputs, 0.0)
+
+
+def quant_conv(filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1, groups: int = 1,
+               binary: bool = True, name: Optional[str] = None) -> lq.layers.QuantConv2D:
+    """The Child's conv layer: binary ``QuantConv2D`` (or its real-valued Parent twin).
+
+    Binary: ``ste_sign`` input and kernel quantizers, ``weight_clip``, "same" padding with +1.
+    Parent twin (``binary=False``): :class:`HardTanh` input, real kernel, zero padding; same weight
+    shapes, so weights copy between the two.
+    """
+    return lq.layers.QuantConv2D(
+        filters, kernel_size, strides=strides, dilation_rate=dilation_rate, groups=groups, padding="same",
+        pad_values=_pad_value(binary), input_quantizer="ste_sign" if binary else HardTanh(),
+        kernel_quantizer="ste_sign" if binary else None, kernel_constraint="weight_clip", use_bias=False, name=name,
+    )
+
+
+def batch_norm(name: Optional[str] = None) -> tf.keras.layers.BatchNormalization:
+    """BatchNorm with the search space's settings."""
+    return tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def child_conv_bn(x, filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1, groups: int = 1,
+                  binary: bool = True, prefix: str = "conv"):
+    """Child form of :class:`SearchConvBN`: ``QuantConv2D`` + BN (+ :class:`Subsample2D` when strided
+    and dilated). Returns ``(output, weighted_layers)``."""
+    conv_stride = 1 if (dilation_rate > 1 and strides > 1) else strides
+    conv = quant_conv(filters, kernel_size, conv_stride, dilation_rate, groups, binary, name=f"{prefix}_qconv")
+    bn = batch_norm(name=f"{prefix}_bn")
+    y = bn(conv(x))
+    if conv_stride != strides:
+        y = Subsample2D(strides, name=f"{prefix}_subsample")(y)
+    return y, [conv, bn]
+
+
+def child_op(name: str, x, channels: int, stride: int = 1, binary: bool = True,
+             group_policy: Union[str, int] = "lce", prefix: Optional[str] = None):
+    """Child form of op ``name`` applied to Keras tensor ``x``.
+
+    Args:
+        name: op name (not ``"none"``).
+        x: Functional-API input tensor with ``channels`` channels.
+        channels: output channels.
+        stride: 1 or 2.
+        binary: 1-bit Child (True) or real-valued Parent twin (False).
+        group_policy: see :func:`group_count`.
+        prefix: layer-name prefix (unique within the model).
+
+    Returns:
+        ``(output, layers)``: the output tensor and the weighted layers in :meth:`SearchOp.op_weights` order.
+    """
+    spec = _check_op(name)
+    prefix = prefix or name
+    if spec.kind == "zero":
+        raise SpaceError("op 'none' (zero) has no Child form: a derived cell never keeps a zero edge.")
+    if spec.kind == "skip":
+        if stride == 1:
+            return x, []
+        if channels % 2:
+            raise SpaceError(f"factorized reduce needs an even channel count, got {channels}; use even widths.")
+        a, la = child_conv_bn(x, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_a")
+        shifted = ShiftPixel(name=f"{prefix}_shift")(x)
+        b, lb = child_conv_bn(shifted, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_b")
+        return tf.keras.layers.Concatenate(name=f"{prefix}_concat")([a, b]), la + lb
+    if spec.kind in ("max_pool", "avg_pool"):
+        pool = tf.keras.layers.MaxPool2D if spec.kind == "max_pool" else tf.keras.layers.AveragePooling2D
+        return pool(spec.kernel_size, strides=stride, padding="same", name=f"{prefix}_pool")(x), []
+    if spec.kind == "sep_conv":
+        dw = tf.keras.layers.DepthwiseConv2D(spec.kernel_size, strides=stride, padding="same", use_bias=False,
+                                             name=f"{prefix}_dwconv")
+        bn = batch_norm(name=f"{prefix}_dw_bn")
+        y = bn(dw(x))
+        y, lp = child_conv_bn(y, channels, 1, binary=binary, prefix=f"{prefix}_pw")
+        return y, [dw, bn] + lp
+    groups = group_count(channels, group_policy) if spec.grouped else 1
+    y, layers = child_conv_bn(x, channels, spec.kernel_size, stride, spec.dilation, groups, binary, prefix)
+    if spec.pointwise:
+        y, lp = child_conv_bn(y, channels, 1, binary=binary, prefix=f"{prefix}_pw")
+        layers = layers + lp
+    return y, layers
+
+
+def transfer_weights(search_op: Optional[SearchOp], child_layers: Sequence[tf.keras.layers.Layer]):
+    """Copy a (built) supernet op's variables into the layers its :func:`child_op` returned.
+
+    Raises:
+        SpaceError: the two do not describe the same op (different weight count or shapes).
+    """
+    src = [] if search_op is None else [np.asarray(v.numpy()) for v in search_op.op_weights()]
+    dst_layers = list(child_layers)
+    count = sum(len(layer.get_weights()) for layer in dst_layers)
+    if count != len(src):
+        raise SpaceError(f"supernet op has {len(src)} weights but its Child layers have {count}; "
+                         "build both from the same op name, channels and stride.")
+    i = 0
+    for layer in dst_layers:
+        n = len(layer.get_weights())
+        values = src[i:i + n]
+        for have, want in zip(layer.get_weights(), values):
+            if have.shape != want.shape:
+                raise SpaceError(f"weight shape {want.shape} does not fit layer {layer.name!r} ({have.shape}).")
+        layer.set_weights(values)
+        i += n
+
+
+def binary_conv_layers(model: tf.keras.Model) -> List[lq.layers.QuantConv2D]:
+    """The ``QuantConv2D`` layers of ``model`` with binary input and kernel quantizers."""
+
+    def is_binary(q):
+        return q is not None and getattr(q, "precision", None) == 1
+
+    return [layer for layer in model.layers
+            if isinstance(layer, lq.layers.QuantConv2D)
+            and is_binary(layer.input_quantizer) and is_binary(layer.kernel_quantizer)]
+
+
+def layer_classes() -> Dict[str, type]:
+    """The tfbnas layer classes of this module, by class name."""
+    return {cls.__name__: cls for cls in (HardTanh, SearchConvBN, BinaryConvOp, SepConvOp, PoolOp, IdentityOp,
+                                          FactorizedReduceOp, Subsample2D, ShiftPixel)}
+
+
+__all__ = [
+    "SpaceError", "OpSpec", "OPS", "PRESETS", "PARAM_FREE_OPS", "BATS_GROUPS", "LCE_GROUP_CHANNELS",
+    "GROUP_POLICIES", "BN_MOMENTUM", "BN_EPSILON", "preset_ops", "check_group_policy", "group_count",
+    "lce_binary", "HardTanh", "quantize_input", "SearchOp", "SearchConvBN", "BinaryConvOp", "SepConvOp",
+    "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "Subsample2D", "ShiftPixel", "quant_conv",
+    "batch_norm", "child_conv_bn", "child_op", "transfer_weights", "binary_conv_layers", "layer_classes",
+]

@@ -1,0 +1,302 @@
+"""The differentiable 1-bit supernet: mixed edges, search cells and the :class:`SuperNet` model.
+
+A :class:`SuperNet` is a DARTS-style network of cells (normal and reduction cells, reductions at 1/3
+and 2/3 of the depth) whose every edge is a :class:`MixedEdge`: the ``softmax(alpha / T)``-weighted
+sum of all candidate ops of a preset (see :mod:`tfbnas.space.ops`). The same variables run as the
+1-bit Child (``binary=True``) or as the real-valued Parent (``binary=False``)::
+
+    model = SuperNet(num_classes=10, init_channels=8, num_cells=3, preset="dcp")
+    logits = model(images, training=True)                 # 1-bit Child
+    parent_logits = model(images, training=True, binary=False)
+    arch_grads = tape.gradient(loss, model.arch_variables)
+    model.genotype()                                       # -> Genotype
+"""
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfbnas.space.genotype import Genotype, derive_genotype, num_edges
+from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, SpaceError,
+                              check_group_policy, make_search_op, preset_ops, quantize_input)
+
+
+def reduction_cells(num_cells: int) -> List[int]:
+    """Indices of the reduction cells: at 1/3 and 2/3 of the depth (DARTS)."""
+    return sorted({num_cells // 3, 2 * num_cells // 3})
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class MixedEdge(tf.keras.layers.Layer):
+    """One searched edge: ``sum_m mix[m] * op_m(x)``, with ``mix = softmax(alpha / T)`` given by the caller.
+
+    The edge input is binarised once and shared by all binary ops of the edge; the zero op is
+    skipped (it adds nothing).
+
+    Args:
+        op_names: candidate op names (columns of the architecture parameters).
+        channels: input and output channels.
+        stride: 1, or 2 for reduction-cell edges from the cell inputs.
+        binary: default mode (1-bit Child) when ``call`` gets ``binary=None``.
+        group_policy: group-count rule of grouped convs (see :func:`tfbnas.space.ops.group_count`).
+
+    Example:
+        >>> edge = MixedEdge(preset_ops("dcp"), 16)
+        >>> edge(tf.zeros([2, 8, 8, 16]), tf.fill([8], 1 / 8)).shape
+        TensorShape([2, 8, 8, 16])
+    """
+
+    def __init__(self, op_names: Sequence[str], channels: int, stride: int = 1, binary: bool = True,
+                 group_policy="lce", **kwargs):
+        super().__init__(**kwargs)
+        self.op_names = tuple(op_names)
+        self.channels, self.stride, self.binary, self.group_policy = int(channels), int(stride), bool(binary), group_policy
+        self.op_index: List[int] = []
+        self.op_layers = []
+        for i, name in enumerate(self.op_names):
+            op = make_search_op(name, self.channels, self.stride, self.binary, group_policy, layer_name=name)
+            if op is not None:
+                self.op_index.append(i)
+                self.op_layers.append(op)
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, x, mix, training=None, binary=None):
+        binary = self.binary if binary is None else bool(binary)
+        quantized = None
+        total = None
+        for i, op in zip(self.op_index, self.op_layers):
+            if op.uses_quantized_input:
+                if quantized is None:
+                    quantized = quantize_input(x, binary)
+                y = op(x, training=training, binary=binary, quantized=quantized)
+            else:
+                y = op(x, training=training, binary=binary)
+            term = mix[i] * y
+            total = term if total is None else total + term
+        return total
+
+    def op(self, name: str):
+        """The supernet-form layer of op ``name`` (``None`` for ``"none"``)."""
+        index = self.op_names.index(name)
+        return self.op_layers[self.op_index.index(index)] if index in self.op_index else None
+
+    def get_config(self):
+        return {**super().get_config(), "op_names": list(self.op_names), "channels": self.channels,
+                "stride": self.stride, "binary": self.binary, "group_policy": self.group_policy}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class SearchCell(tf.keras.layers.Layer):
+    """A searched cell: two inputs, ``nodes`` intermediate nodes, output = their concatenation.
+
+    Inputs are preprocessed to ``channels`` channels by binary 1x1 convs (a binary factorized
+    reduce for ``s0`` when the previous cell reduced). Node ``i`` sums one :class:`MixedEdge` from
+    every earlier state; in a reduction cell, edges from the two inputs have stride 2.
+
+    Args:
+        channels: channels ``C`` of every node (output has ``nodes * C``).
+        reduction: whether this is a reduction cell.
+        reduction_prev: whether the previous cell reduced (``s0`` has twice the resolution).
+        nodes: intermediate nodes.
+        preset: op-table preset.
+        binary: default mode.
+        group_policy: group-count rule of grouped convs.
+
+    ``call(s0, s1, mix, training=None, binary=None)`` takes ``mix`` of shape ``[num_edges, num_ops]``;
+    row ``edge_index(i, j)`` belongs to the edge ``j -> node i``.
+    """
+
+    def __init__(self, channels: int, reduction: bool = False, reduction_prev: bool = False, nodes: int = 4,
+                 preset: str = "dcp", binary: bool = True, group_policy="lce", **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
+        self.nodes, self.preset, self.binary, self.group_policy = int(nodes), preset, bool(binary), group_policy
+        op_names = preset_ops(preset)
+        self.pre0 = (FactorizedReduceOp(self.channels, name="pre0") if self.reduction_prev
+                     else BinaryConvOp(self.channels, 1, name="pre0"))
+        self.pre1 = BinaryConvOp(self.channels, 1, name="pre1")
+        self.edges = []
+        for node in range(self.nodes):
+            for source in range(2 + node):
+                stride = 2 if self.reduction and source < 2 else 1
+                self.edges.append(MixedEdge(op_names, self.channels, stride, self.binary, group_policy,
+                                            name=f"edge_{source}_{node + 2}"))
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, s0, s1, mix, training=None, binary=None):
+        binary = self.binary if binary is None else bool(binary)
+        states = [self.pre0(s0, training=training, binary=binary), self.pre1(s1, training=training, binary=binary)]
+        e = 0
+        for node in range(self.nodes):
+            total = None
+            for source in range(2 + node):
+                y = self.edges[e](states[source], mix[e], training=training, binary=binary)
+                total = y if total is None else total + y
+                e += 1
+            states.append(total)
+        return tf.concat(states[2:], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
+                "reduction_prev": self.reduction_prev, "nodes": self.nodes, "preset": self.preset,
+                "binary": self.binary, "group_policy": self.group_policy}
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class SuperNet(tf.keras.Model):
+    """DARTS-style supernet over a 1-bit op table; Child (binary) and Parent (real) share its variables.
+
+    Args:
+        num_classes: classifier outputs (logits).
+        init_channels: channels ``C`` of the first cells (doubled at each reduction).
+        num_cells: number of cells; reductions at ``num_cells // 3`` and ``2 * num_cells // 3``.
+        nodes: intermediate nodes per cell.
+        preset: op-table preset (``"dcp"`` or ``"bats"``).
+        binary: default mode of ``call`` (True: 1-bit Child; False: real-valued Parent).
+        stem_multiplier: the real-valued stem conv has ``stem_multiplier * C`` channels (DARTS: 3).
+        group_policy: group-count rule of grouped convs (see :func:`tfbnas.space.ops.group_count`).
+        temperature: initial softmax temperature ``T`` (BATS); held in the non-trainable
+            ``model.temperature`` variable.
+
+    Attributes:
+        alphas_normal, alphas_reduce: architecture parameters ``[num_edges, num_ops]``
+            (init ``1e-3 * randn``).
+        arch_variables: ``[alphas_normal, alphas_reduce]``.
+        weight_variables: every other trainable variable (after the model is built).
+        temperature: non-trainable scalar ``tf.Variable``.
+
+    Example:
+        >>> model = SuperNet(10, init_channels=8, num_cells=3)
+        >>> model(tf.zeros([2, 28, 28, 1])).shape
+        TensorShape([2, 10])
+        >>> model.genotype().preset
+        'dcp'
+    """
+
+    def __init__(self, num_classes: int = 10, init_channels: int = 16, num_cells: int = 8, nodes: int = 4,
+                 preset: str = "dcp", binary: bool = True, stem_multiplier: int = 3, group_policy="lce",
+                 temperature: float = 1.0, name: str = "supernet", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.op_names = preset_ops(preset)
+        check_group_policy(group_policy)
+        for arg, value in (("num_classes", num_classes), ("init_channels", init_channels), ("num_cells", num_cells),
+                           ("nodes", nodes), ("stem_multiplier", stem_multiplier)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise SpaceError(f"{arg}={value!r} must be a positive integer.")
+        if init_channels % 2:
+            raise SpaceError(f"init_channels={init_channels} must be even (factorized reduce halves it).")
+        if not temperature > 0:
+            raise SpaceError(f"temperature={temperature!r} must be > 0.")
+        self.num_classes, self.init_channels, self.num_cells = int(num_classes), int(init_channels), int(num_cells)
+        self.nodes, self.preset, self.binary = int(nodes), preset, bool(binary)
+        self.stem_multiplier, self.group_policy = int(stem_multiplier), group_policy
+        self.initial_temperature = float(temperature)
+
+        c_stem = self.stem_multiplier * self.init_channels
+        self.stem_conv = tf.keras.layers.Conv2D(c_stem, 3, padding="same", use_bias=False, name="stem_conv")
+        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn")
+        reductions = reduction_cells(self.num_cells)
+        channels, reduction_prev = self.init_channels, False
+        self.cells = []
+        for i in range(self.num_cells):
+            reduction = i in reductions
+            if reduction:
+                channels *= 2
+            self.cells.append(SearchCell(channels, reduction, reduction_prev, self.nodes, preset, self.binary,
+                                         group_policy, name=f"cell_{i}"))
+            reduction_prev = reduction
+        self.global_pool = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")
+        self.classifier = tf.keras.layers.Dense(self.num_classes, name="classifier")
+
+        shape = (num_edges(self.nodes), len(self.op_names))
+        # One initializer per variable: a reused unseeded initializer repeats its values.
+        self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, trainable=True,
+                                             initializer=tf.keras.initializers.RandomNormal(stddev=1e-3))
+        self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, trainable=True,
+                                             initializer=tf.keras.initializers.RandomNormal(stddev=1e-3))
+        self.temperature = self.add_weight(name="temperature", shape=(), trainable=False,
+                                           initializer=tf.keras.initializers.Constant(self.initial_temperature))
+
+    # ------------------------------------------------------------------ forward
+
+    def mixing_weights(self):
+        """``(softmax(alphas_normal / T), softmax(alphas_reduce / T))`` as tensors."""
+        t = tf.convert_to_tensor(self.temperature)
+        return (tf.nn.softmax(self.alphas_normal / t, axis=-1), tf.nn.softmax(self.alphas_reduce / t, axis=-1))
+
+    def call(self, inputs, training=None, binary=None):
+        binary = self.binary if binary is None else bool(binary)
+        mix_normal, mix_reduce = self.mixing_weights()
+        s0 = s1 = self.stem_bn(self.stem_conv(inputs), training=training)
+        for cell in self.cells:
+            mix = mix_reduce if cell.reduction else mix_normal
+            s0, s1 = s1, cell(s0, s1, mix, training=training, binary=binary)
+        return self.classifier(self.global_pool(s1))
+
+    # ------------------------------------------------------------------ variables
+
+    @property
+    def arch_variables(self) -> List[tf.Variable]:
+        """Architecture parameters: ``[alphas_normal, alphas_reduce]``."""
+        return [self.alphas_normal, self.alphas_reduce]
+
+    @property
+    def weight_variables(self) -> List[tf.Variable]:
+        """All trainable variables except the architecture parameters (build the model first)."""
+        arch = {v.ref() for v in self.arch_variables}
+        return [v for v in self.trainable_variables if v.ref() not in arch]
+
+    def _inheritable_variables(self) -> List[tf.Variable]:
+        skip = {v.ref() for v in self.arch_variables + [self.temperature]}
+        return [v for v in self.variables if v.ref() not in skip]
+
+    def copy_weights_from(self, other: "SuperNet"):
+        """Copy every weight (and BatchNorm statistic) of ``other`` into this model; alphas and
+        temperature are left alone. DCP-NAS: the 1-bit Child inherits the Parent's weights.
+
+        Both models must have the same configuration apart from ``binary``, ``temperature`` and
+        ``name``, and both must be built (called once).
+
+        Raises:
+            SpaceError: different configuration, or a model is not built.
+        """
+        ignore = ("binary", "temperature", "name")
+        mine = {k: v for k, v in self.get_config().items() if k not in ignore}
+        theirs = {k: v for k, v in other.get_config().items() if k not in ignore}
+        if mine != theirs:
+            diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise SpaceError(f"cannot copy weights between supernets whose {diff} differ; build both with the same "
+                             "configuration.")
+        if not (self.built and other.built) or not self.cells[0].built or not other.cells[0].built:
+            raise SpaceError("copy_weights_from needs both supernets built; call each once on a batch first.")
+        dst, src = self._inheritable_variables(), other._inheritable_variables()
+        if len(dst) != len(src) or any(a.shape != b.shape for a, b in zip(dst, src)):
+            raise SpaceError("the two supernets hold different variables; build both on inputs of the same shape.")
+        for a, b in zip(dst, src):
+            a.assign(b)
+
+    # ------------------------------------------------------------------ architecture
+
+    def arch_probabilities(self) -> Dict[str, np.ndarray]:
+        """``{"normal": softmax(alphas_normal / T), "reduce": ...}`` as numpy arrays ``[num_edges, num_ops]``."""
+        normal, reduce = self.mixing_weights()
+        return {"normal": normal.numpy(), "reduce": reduce.numpy()}
+
+    def genotype(self) -> Genotype:
+        """The DARTS discretisation of the current architecture parameters."""
+        return derive_genotype(self.alphas_normal.numpy(), self.alphas_reduce.numpy(), self.preset, self.nodes,
+                               float(self.temperature.numpy()))
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "init_channels": self.init_channels, "num_cells": self.num_cells,
+                "nodes": self.nodes, "preset": self.preset, "binary": self.binary,
+                "stem_multiplier": self.stem_multiplier, "group_policy": self.group_policy,
+                "temperature": self.initial_temperature, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+__all__ = ["MixedEdge", "SearchCell", "SuperNet", "reduction_cells"]
