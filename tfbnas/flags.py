@@ -107,3 +107,49 @@ def write_flags(run_dir: str, values: dict):
                 f.write(f"--{name}={','.join(str(v) for v in value)}\n")
             else:
                 f.write(f"--{name}={value}\n")
+
+
+def define_search_flags():
+    """Flags of ``python -m tfbnas.search``: strategy, epochs, optimisers, distribution, DCP/BATS switches."""
+    d = _define_once
+    d(flags.DEFINE_enum, "strategy", "dcp", ["dcp", "bats", "darts"], "Search strategy.")
+    d(flags.DEFINE_integer, "search_epochs", 10, "Search epochs.", lower_bound=1)
+    d(flags.DEFINE_integer, "steps_per_epoch", None, "Steps per epoch (default: one pass over search-train).",
+      lower_bound=1)
+    d(flags.DEFINE_integer, "arch_frozen_epochs", 0, "Leading epochs that train weights only.", lower_bound=0)
+    d(flags.DEFINE_float, "arch_lr", 3e-4, "Adam learning rate of the architecture parameters.", lower_bound=0.0)
+    d(flags.DEFINE_float, "arch_beta1", 0.5, "Adam beta1 of the architecture optimiser.", lower_bound=0.0)
+    d(flags.DEFINE_float, "arch_weight_decay", 1e-3, "L2 decay of the architecture parameters.", lower_bound=0.0)
+    d(flags.DEFINE_float, "weight_lr", 0.025, "Initial SGD learning rate of the weights (cosine decay).",
+      lower_bound=0.0)
+    d(flags.DEFINE_float, "weight_lr_min", 0.001, "Final SGD learning rate of the weights.", lower_bound=0.0)
+    d(flags.DEFINE_float, "weight_momentum", 0.9, "SGD momentum.", lower_bound=0.0)
+    d(flags.DEFINE_float, "weight_decay", 3e-4, "L2 decay of real-valued weights.", lower_bound=0.0)
+    d(flags.DEFINE_float, "grad_clip", 5.0, "Global-norm clip of weight gradients (0: off).", lower_bound=0.0)
+    d(flags.DEFINE_enum, "distribute", "default", ["default", "mirrored", "multiworker"],
+      "tf.distribute strategy: one device, all local devices, or workers from TF_CONFIG.")
+    d(flags.DEFINE_bool, "deterministic", True, "Deterministic ops (exact resume; slightly slower).")
+    d(flags.DEFINE_bool, "graph_optimizations", True,
+      "Grappler graph optimisations of the traced step (off: about half the start-up time on CPU).")
+    d(flags.DEFINE_integer, "cpu_devices", None,
+      "Split the CPU into this many logical devices (to run --distribute=mirrored without GPUs).", lower_bound=1)
+    # DCP-NAS
+    d(flags.DEFINE_bool, "dcp_kl", True, "DCP: Parent-Child KL term in the Child objective.")
+    d(flags.DEFINE_float, "dcp_kl_weight", 1.0, "DCP: weight of the KL term.", lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_tangent", True, "DCP: tangent propagation towards the Parent's direction.")
+    d(flags.DEFINE_float, "dcp_tangent_weight", 0.5, "DCP: lambda of the tangent term.", lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_ggn", True, "DCP: Gauss-Newton Hessian approximation (off: H = I).")
+    d(flags.DEFINE_integer, "dcp_ggn_samples", 4, "DCP: micro-batches for the GGN outer products.", lower_bound=1)
+    d(flags.DEFINE_bool, "dcp_decoupled", True, "DCP: decoupled-optimisation backtracking of alphas.")
+    d(flags.DEFINE_float, "dcp_tau", 0.5, "DCP: weight-norm rank threshold (0-1) of the backtracking.",
+      lower_bound=0.0, upper_bound=0.999)
+    d(flags.DEFINE_float, "dcp_psi_lr", 0.01, "DCP: learning rate of the learnable psi.", lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_inherit", True, "DCP: Child inherits Parent weights each epoch, Parent the "
+                                              "Child's architecture.")
+    # BATS
+    d(flags.DEFINE_float, "bats_t_start", 1.0, "BATS: softmax temperature at the first epoch.", lower_bound=1e-3)
+    d(flags.DEFINE_float, "bats_t_end", 0.2, "BATS: softmax temperature at the last epoch.", lower_bound=1e-3)
+    d(flags.DEFINE_integer, "bats_real_epochs", 0, "BATS: leading real-valued epochs before the 1-bit search.",
+      lower_bound=0)
+    d(flags.DEFINE_bool, "bats_teacher", True, "BATS: real-valued teacher (KL) during the search.")
+    d(flags.DEFINE_float, "bats_kl_weight", 1.0, "BATS: weight of the teacher KL.", lower_bound=0.0)

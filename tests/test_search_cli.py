@@ -1,0 +1,118 @@
+"""``python -m tfbnas.search`` end to end: the smoke run's artefacts, resume after a kill, mirrored
+replicas, and one-line errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEARCH = [sys.executable, "-m", "tfbnas.search"]
+
+
+def run(args, timeout=900):
+    return subprocess.run(SEARCH + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def summary(run_dir):
+    with open(os.path.join(run_dir, "search_summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_search_writes_every_artefact(smoke_run):
+    out, result = smoke_run
+    for name in ("flags.txt", "flags.json", "genotype.json", "alphas.csv", "alphas.png", "search_history.csv",
+                 "cell_normal.png", "cell_reduce.png", "cell_normal.svg", "search_summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "checkpoints" / "checkpoint").exists()
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").rglob("*"))
+    assert "genotype (dcp" in result.stdout and "normal cell" in result.stdout
+    history = (out / "search_history.csv").read_text().splitlines()
+    assert len(history) == 3 and "param_free_ops" in history[0] and "tangent" in history[0]
+    alphas = (out / "alphas.csv").read_text().splitlines()
+    assert len(alphas) == 1 + 2 * 2 * 5  # header + epochs x cell types x edges (2 nodes: 5 edges)
+    assert "parameter-free ops" in result.stdout  # logged each epoch
+    flags_txt = (out / "flags.txt").read_text()
+    assert "--strategy=dcp" in flags_txt and "--init_channels=8" in flags_txt
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_search(smoke_run, tmp_path):
+    reference, _ = smoke_run
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(SEARCH + ["--flagfile=configs/smoke.flags", f"--output_dir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "checkpoints" / "ckpt-1.index"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into epoch 2
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "search_summary.json").exists() and not (out / "checkpoints" / "ckpt-2.index").exists()
+
+    result = run([f"--resume={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "continuing at epoch 2" in result.stdout
+    assert json.loads((out / "genotype.json").read_text()) == json.loads((reference / "genotype.json").read_text())
+    for cell in ("normal", "reduce"):
+        np.testing.assert_allclose(summary(out)["arch_probabilities"][cell],
+                                   summary(reference)["arch_probabilities"][cell], rtol=0, atol=1e-6)
+    assert len((out / "search_history.csv").read_text().splitlines()) == 3  # epoch rows not duplicated
+
+
+TINY = ["--flagfile=configs/smoke.flags", "--strategy=darts", "--init_channels=4", "--nodes=1",
+        "--train_examples=128", "--batch_size=16", "--search_epochs=2"]
+
+
+def test_mirrored_on_two_logical_cpus_matches_default(tmp_path):
+    default = run(TINY + [f"--output_dir={tmp_path / 'default'}"])
+    assert default.returncode == 0, default.stderr[-3000:]
+    mirrored = run(TINY + [f"--output_dir={tmp_path / 'mirrored'}", "--distribute=mirrored", "--cpu_devices=2"])
+    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
+    a, b = summary(tmp_path / "default"), summary(tmp_path / "mirrored")
+    assert b["replicas"] == 2 and a["replicas"] == 1
+    assert a["genotype"] == b["genotype"]
+    for cell in ("normal", "reduce"):
+        pa, pb = np.array(a["arch_probabilities"][cell]), np.array(b["arch_probabilities"][cell])
+        moved = np.abs(pa - 1 / pa.shape[1]).max()
+        # same global batch and synchronised BatchNorm: differences come from float order and the sign
+        # flips it causes in a binary network, far below how far the search moved the probabilities
+        assert np.abs(pa - pb).max() < 0.25 * moved
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--strategy=evolution"], "strategy"),
+    (["--search_epochs=0"], "search_epochs"),
+    (["--dcp_tau=1.5"], "dcp_tau"),
+])
+def test_bad_search_flags_one_line(args, expected):
+    result = run(["--flagfile=configs/smoke.flags"] + args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "flag error" in line]
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_unwritable_output_dir_and_indivisible_batch(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={blocker}/run"])
+    assert result.returncode == 1 and "cannot write the run folder" in result.stderr.splitlines()[-1]
+    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={tmp_path / 'r'}", "--batch_size=30",
+                  "--dcp_ggn_samples=4"])
+    assert result.returncode == 1 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]
+    result = run([f"--resume={tmp_path / 'nothing'}"])
+    assert result.returncode == 1 and "no flags.json" in result.stderr.splitlines()[-1]

@@ -1,0 +1,260 @@
+"""One search run: build the supernets and the strategy, run ``model.fit``, write the run folder.
+
+:func:`search` is the library entry (the main job calls it); :func:`main_from_flags` adds flag
+handling, ``--resume`` and the one-line errors of ``python -m tfbnas.search``.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+from tfbnas import data, runs
+from tfbnas.flags import ConfigError, flag_values, write_flags
+from tfbnas.search.callbacks import NanGuard, SearchDiverged, SearchRecorder, StrategySchedule, truncate_records
+from tfbnas.search.distribute import is_chief, make_distribution
+from tfbnas.search.engine import SearchModel
+from tfbnas.search.strategies import make_strategy
+from tfbnas.space.genotype import GenotypeError, count_param_free, plot_cell
+from tfbnas.space.ops import SpaceError
+from tfbnas.space.supernet import SuperNet
+
+USER_ERRORS = (ConfigError, data.DatasetNotFoundError, data.IdxFormatError, runs.RunDirError, SearchDiverged,
+               GenotypeError, SpaceError)
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Everything a search run depends on (the flags of ``python -m tfbnas.search``)."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    download: bool = False
+    train_examples: Optional[int] = None
+    test_examples: Optional[int] = None
+    batch_size: int = 64
+    seed: int = 0
+    preset: str = "dcp"
+    init_channels: int = 16
+    num_cells: int = 8
+    nodes: int = 4
+    strategy: str = "dcp"
+    search_epochs: int = 10
+    steps_per_epoch: Optional[int] = None
+    arch_frozen_epochs: int = 0
+    arch_lr: float = 3e-4
+    arch_beta1: float = 0.5
+    arch_weight_decay: float = 1e-3
+    weight_lr: float = 0.025
+    weight_lr_min: float = 0.001
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    distribute: str = "default"
+    deterministic: bool = True
+    graph_optimizations: bool = True
+    cpu_devices: Optional[int] = None
+    dcp_kl: bool = True
+    dcp_kl_weight: float = 1.0
+    dcp_tangent: bool = True
+    dcp_tangent_weight: float = 0.5
+    dcp_ggn: bool = True
+    dcp_ggn_samples: int = 4
+    dcp_decoupled: bool = True
+    dcp_tau: float = 0.5
+    dcp_psi_lr: float = 0.01
+    dcp_inherit: bool = True
+    bats_t_start: float = 1.0
+    bats_t_end: float = 0.2
+    bats_real_epochs: int = 0
+    bats_teacher: bool = True
+    bats_kl_weight: float = 1.0
+
+    @classmethod
+    def from_flags(cls, flag_values_):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in flag_values_.items() if k in names})
+
+    def strategy_kwargs(self):
+        prefix = self.strategy + "_"
+        mapping = {"bats": {"t_start", "t_end", "real_epochs", "teacher", "kl_weight"},
+                   "dcp": {"kl", "kl_weight", "tangent", "tangent_weight", "ggn", "ggn_samples", "decoupled",
+                           "tau", "psi_lr", "inherit"}}.get(self.strategy, set())
+        return {k[len(prefix):]: v for k, v in dataclasses.asdict(self).items()
+                if k.startswith(prefix) and k[len(prefix):] in mapping}
+
+
+@dataclasses.dataclass
+class SearchResult:
+    genotype: object
+    run_dir: str
+    epochs: int
+    seconds: float
+    history: dict
+
+
+def _optimizers(config: SearchConfig, steps_total: int):
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        config.weight_lr, decay_steps=max(steps_total, 1), alpha=config.weight_lr_min / max(config.weight_lr, 1e-12))
+    arch = tf.keras.optimizers.Adam(config.arch_lr, beta_1=config.arch_beta1, beta_2=0.999, name="arch_adam")
+    weight = tf.keras.optimizers.SGD(schedule, momentum=config.weight_momentum, name="weight_sgd")
+    return arch, weight
+
+
+def configure_runtime(config: SearchConfig):
+    """Process-wide TensorFlow settings; logical CPU devices must be set before TensorFlow starts using them."""
+    if config.cpu_devices:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
+        except RuntimeError as e:
+            raise ConfigError(f"--cpu_devices must be set before TensorFlow initialises its devices ({e})") from None
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if not config.graph_optimizations:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
+def synchronize_batch_norm(model: tf.keras.Model):
+    """Global (cross-replica) batch statistics in every BatchNorm of ``model``, so that a step on
+    several replicas computes what one device computes on the whole batch."""
+    for layer in model.submodules:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.synchronized, layer.fused = True, False
+
+
+def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: int):
+    """The :class:`SearchModel` (compiled, variables created) for a configuration."""
+    strategy = make_strategy(config.strategy, config.search_epochs, **config.strategy_kwargs())
+    net_args = dict(num_classes=info.num_classes, init_channels=config.init_channels, num_cells=config.num_cells,
+                    nodes=config.nodes, preset=config.preset)
+    child = SuperNet(binary=True, name="child", **net_args)
+    parent = SuperNet(binary=False, name="parent", **net_args) if strategy.uses_parent else None
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        for net in (child, parent):
+            if net is not None:
+                synchronize_batch_norm(net)
+    engine = SearchModel(child, strategy, parent, weight_decay=config.weight_decay,
+                         arch_weight_decay=config.arch_weight_decay, grad_clip=config.grad_clip,
+                         arch_frozen_epochs=config.arch_frozen_epochs)
+    total = steps_per_epoch * config.search_epochs
+    arch_opt, weight_opt = _optimizers(config, total)
+    parent_opts = _optimizers(config, total) if parent is not None else (None, None)
+    engine.compile(arch_opt, weight_opt, parent_opts[0] if strategy.parent_searches else None, parent_opts[1])
+    engine.build_supernets(info.image_shape)
+    return engine
+
+
+def _checkpoint(engine):
+    items = dict(child=engine.child, arch_optimizer=engine.arch_optimizer, weight_optimizer=engine.weight_optimizer,
+                 strategy=engine.strategy, epoch=engine.epoch)
+    if engine.parent is not None:
+        items.update(parent=engine.parent, parent_weight_optimizer=engine.parent_weight_optimizer)
+        if engine.parent_arch_optimizer is not None:
+            items["parent_arch_optimizer"] = engine.parent_arch_optimizer
+    return tf.train.Checkpoint(**items)
+
+
+def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, verbose=None) -> SearchResult:
+    """Runs a search into ``run_dir`` (resuming from its last checkpoint when ``resume``)."""
+    start = time.time()
+    configure_runtime(config)
+    tf.keras.utils.set_random_seed(config.seed)
+    distribution = make_distribution(config.distribute)
+    replicas = distribution.num_replicas_in_sync
+    micro = config.dcp_ggn_samples if (config.strategy == "dcp" and config.dcp_tangent and config.dcp_ggn) else 1
+    if config.batch_size % (replicas * micro):
+        raise ConfigError(f"--batch_size={config.batch_size} must divide by replicas ({replicas}) x "
+                          f"dcp GGN micro-batches ({micro}); change --batch_size or --dcp_ggn_samples")
+    if config.init_channels % 2:
+        raise ConfigError(f"--init_channels={config.init_channels} must be even (factorized reduce halves it)")
+
+    info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
+    probe = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
+                             config.test_examples, config.seed, config.download)
+    steps = config.steps_per_epoch or probe.sizes["search_train"] // config.batch_size
+    if steps < 1:
+        raise ConfigError(f"search-train has {probe.sizes['search_train']} examples, fewer than one batch of "
+                          f"{config.batch_size}; raise --train_examples or lower --batch_size")
+
+    with distribution.scope():
+        engine = build_search(config, info, steps)
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(_checkpoint(engine), ckpt_dir, max_to_keep=3)
+    initial_epoch = 0
+    if resume:
+        if not manager.latest_checkpoint:
+            log(f"no checkpoint in {ckpt_dir}: starting the search from epoch 1")
+        else:
+            try:
+                manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}): the checkpoint "
+                                  "is corrupt or from another configuration; delete it to resume from the one before "
+                                  "or start a new --output_dir") from None
+            initial_epoch = int(engine.epoch.numpy()) + 1
+            truncate_records(run_dir, initial_epoch)
+            log(f"resumed from {manager.latest_checkpoint}: continuing at epoch {initial_epoch + 1}")
+    if initial_epoch >= config.search_epochs:
+        log("the search had already finished")
+    else:
+        # Batches never straddle epochs, so the resumed stream starts exactly where epoch `initial_epoch` starts;
+        # a --steps_per_epoch shorter than an epoch skips to the matching step of the stream.
+        per_epoch = probe.sizes["search_train"] // config.batch_size
+        skip = 0
+        start_epoch = initial_epoch
+        if steps != per_epoch:
+            start_epoch, skip = divmod(initial_epoch * steps, per_epoch)
+        splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
+                                  config.test_examples, config.seed, config.download, start_epoch=start_epoch,
+                                  skip_batches=skip)
+        train = tf.data.Dataset.zip((splits.search_train, splits.search_val))
+        guard = NanGuard()
+        callbacks = [StrategySchedule(), guard, SearchRecorder(run_dir, manager, guard, log)]
+        if is_chief():
+            callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+        engine.fit(train, epochs=config.search_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                   callbacks=callbacks, verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+        if guard.failure is not None:
+            epoch, batch, keys = guard.failure
+            last = manager.latest_checkpoint or "none (no epoch finished)"
+            raise SearchDiverged(f"non-finite {', '.join(keys)} at epoch {epoch + 1}, step {batch + 1}; the last good "
+                                 f"checkpoint is {last}: lower --arch_lr/--weight_lr and resume with --resume={run_dir}")
+    genotype = engine.child.genotype()
+    genotype.save(os.path.join(run_dir, "genotype.json"))
+    for cell in ("normal", "reduce"):
+        plot_cell(genotype, cell, os.path.join(run_dir, f"cell_{cell}.png"), svg=True)
+    summary = {"genotype": genotype.to_dict(), "param_free_ops": count_param_free(genotype),
+               "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
+               "seconds": time.time() - start, "replicas": replicas,
+               "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}
+    with open(os.path.join(run_dir, "search_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return SearchResult(genotype, run_dir, config.search_epochs, time.time() - start, summary)
+
+
+def main_from_flags(FLAGS):
+    values = flag_values(["tfbnas"])
+    resume = bool(FLAGS.resume)
+    if resume:
+        run_dir = os.path.abspath(FLAGS.resume)
+        saved = os.path.join(run_dir, "flags.json")
+        if not os.path.exists(saved):
+            raise ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a search run folder")
+        with open(saved) as f:
+            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+    else:
+        run_dir = runs.make_run_dir(FLAGS.output_dir, "search", FLAGS.dataset)
+        if os.path.exists(os.path.join(run_dir, "checkpoints", "checkpoint")):
+            raise ConfigError(f"{run_dir} already holds a search; continue it with --resume={run_dir} or choose "
+                              "another --output_dir")
+        write_flags(run_dir, values)
+    config = SearchConfig.from_flags(values)
+    result = search(config, run_dir, resume=resume)
+    print(f"\ngenotype ({config.strategy}, {result.seconds:.0f} s):\n{result.genotype}")
+    print(f"run folder: {run_dir}")
