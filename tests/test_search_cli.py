@@ -116,3 +116,26 @@ def test_unwritable_output_dir_and_indivisible_batch(tmp_path):
     assert result.returncode == 1 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]
     result = run([f"--resume={tmp_path / 'nothing'}"])
     assert result.returncode == 1 and "no flags.json" in result.stderr.splitlines()[-1]
+
+
+def test_non_finite_loss_stops_with_one_line_and_no_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    result = run(TINY + [f"--output_dir={out}", "--arch_lr=inf"])
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert "non-finite" in last and "epoch 1, step 1" in last and "--resume=" in last
+    assert not (out / "checkpoints" / "checkpoint").exists()
+
+
+def test_corrupt_checkpoint_is_one_clear_error(smoke_run, tmp_path):
+    import shutil
+
+    reference, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    for data_file in (copy / "checkpoints").glob("ckpt-*.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:1000])
+    result = run([f"--resume={copy}"])
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert "cannot restore" in last and "corrupt" in last

@@ -1,0 +1,174 @@
+"""The run report: ``report.md`` (and ``report.html``) telling a run's story with its pictures and tables.
+
+:func:`write_report` takes the pipeline's summary dictionary (what each stage recorded) and the run
+folder; every picture is referenced relative to the folder, so the report can be moved with it.
+"""
+
+import html
+import json
+import os
+from typing import Dict, List, Optional
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _human(n: Optional[float]) -> str:
+    if n is None:
+        return "—"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _picture(run_dir: str, relative: str, caption: str) -> List[str]:
+    if relative and os.path.exists(os.path.join(run_dir, relative)):
+        return [f"![{caption}]({relative})", ""]
+    return []
+
+
+def _table(header: List[str], rows: List[List]) -> List[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def build_report(summary: Dict, run_dir: str) -> str:
+    """The Markdown text of the report (see :func:`write_report`)."""
+    out = [f"# tfbnas run report", "", f"Run folder: `{run_dir}`", ""]
+    headline = summary.get("headline")
+    if headline:
+        out += [f"**{headline}**", ""]
+
+    stages = summary.get("stage_seconds", {})
+    if stages:
+        out += ["## Stages", ""]
+        out += _table(["stage", "wall time (s)"], [[k, round(v, 1)] for k, v in stages.items()]
+                      + [["total", round(sum(stages.values()), 1)]])
+
+    data = summary.get("data")
+    if data:
+        out += ["## Data", "", f"{data.get('dataset')}: " + ", ".join(f"{k} {v}" for k, v in data["sizes"].items()), ""]
+
+    search = summary.get("search")
+    if search:
+        out += ["## Search", "",
+                f"Strategy `{search.get('strategy')}`, {search.get('epochs')} epochs of {search.get('steps_per_epoch')} "
+                f"steps, {_fmt(search.get('seconds'), 0)} s; parameter-free ops in the genotype: "
+                f"{search.get('param_free_ops')}.", ""]
+        if search.get("genotype_text"):
+            out += ["```", search["genotype_text"], "```", ""]
+        out += _picture(run_dir, search.get("cell_normal"), "normal cell")
+        out += _picture(run_dir, search.get("cell_reduce"), "reduction cell")
+        out += _picture(run_dir, search.get("alphas_plot"), "architecture-parameter evolution")
+
+    width = summary.get("width")
+    if width:
+        out += ["## Width", "", f"Method `{width.get('method')}`: widths {width.get('widths')}", ""]
+
+    train = summary.get("train")
+    if train:
+        out += ["## Training", ""]
+        rows = []
+        for name in ("child", "parent", "baseline"):
+            m = train.get(name)
+            if m:
+                rows.append([name, m.get("top1"), m.get("top5"), m.get("epochs")])
+        out += _table(["model", "test top-1", "test top-5", "epochs"], rows)
+        out += _picture(run_dir, train.get("curves"), "training curves")
+
+    cost = summary.get("cost")
+    if cost:
+        out += ["## Cost", ""]
+        out += _table(["binary params", "real params", "memory", "BOPs", "FLOPs", "OPs"],
+                      [[_human(cost.get("binary_params")), _human(cost.get("real_params")),
+                        f"{cost.get('memory_bytes', 0) / 1024:.1f} KiB", _human(cost.get("bops")),
+                        _human(cost.get("flops")), _human(cost.get("ops"))]])
+
+    deploy = summary.get("deploy")
+    if deploy:
+        out += ["## Deploy (LCE TFLite)", ""]
+        rows = [["flatbuffer size", f"{deploy.get('size_bytes', 0) / 1024:.1f} KiB"]]
+        if deploy.get("float_size_bytes"):
+            rows.append(["float model size", f"{deploy['float_size_bytes'] / 1024:.1f} KiB"])
+            rows.append(["size ratio (binary / float)", f"{deploy['size_bytes'] / deploy['float_size_bytes']:.3f}"])
+        rows += [["LceBconv2d ops", deploy.get("binary_convs")], ["float conv ops", deploy.get("float_convs")],
+                 ["parity: top-1 agreement", deploy.get("agreement")], ["parity: max abs error", deploy.get("max_error")],
+                 ["parity examples", deploy.get("parity_examples")]]
+        out += _table(["", "value"], rows)
+        if deploy.get("op_histogram"):
+            out += _table(["op", "count"], sorted(deploy["op_histogram"].items(), key=lambda kv: -kv[1]))
+
+    latency = summary.get("latency")
+    if latency:
+        out += ["## Latency (host)", ""]
+        out += _table(["engine", "path", "threads", "median ms", "p90 ms"],
+                      [[r.get("engine"), r.get("path"), r.get("threads"), r.get("median_ms"), r.get("p90_ms")]
+                       for r in latency])
+
+    flags = summary.get("flags")
+    if flags:
+        out += ["## Flags", "", "```"] + [f"--{k}={v}" for k, v in sorted(flags.items()) if v is not None] + ["```", ""]
+    return "\n".join(out)
+
+
+def write_report(summary: Dict, run_dir: str) -> str:
+    """Writes ``report.md``, ``report.html`` and ``summary.json`` into ``run_dir``; returns the Markdown path."""
+    text = build_report(summary, run_dir)
+    path = os.path.join(run_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(text)
+    with open(os.path.join(run_dir, "report.html"), "w") as f:
+        f.write(markdown_to_html(text))
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    return path
+
+
+def markdown_to_html(text: str) -> str:
+    """A small renderer for the subset the report uses (headings, bold, tables, images, code blocks)."""
+    body, in_code, in_table = [], False, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-", " "} for c in cells):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("![") and "](" in line:
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}" style="max-width:100%"></p>')
+        elif line.startswith("**") and line.endswith("**"):
+            body.append(f"<p><b>{html.escape(line.strip('*'))}</b></p>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}pre{background:#f4f4f4;padding:8px}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>tfbnas report</title><style>{style}</style>" \
+           f"</head><body>{''.join(body)}</body></html>"
