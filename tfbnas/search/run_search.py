@@ -194,9 +194,10 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
             try:
                 manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
             except Exception as e:  # noqa: BLE001  (truncated files raise IndexError, others OpError/ValueError)
-                raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else '-'}): the checkpoint "
-                                  "is corrupt or from another configuration; delete it to resume from the one before "
-                                  "or start a new --output_dir") from None
+                detail = (str(e).strip().splitlines() or ["-"])[0]
+                raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}: {detail}): the "
+                                  "checkpoint is corrupt or from another configuration; delete it to resume from the "
+                                  "one before or start a new --output_dir") from None
             initial_epoch = int(engine.epoch.numpy()) + 1
             truncate_records(run_dir, initial_epoch)
             log(f"resumed from {manager.latest_checkpoint}: continuing at epoch {initial_epoch + 1}")
