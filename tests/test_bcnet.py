@@ -1,0 +1,146 @@
+"""BCNet supernet: bilateral slicing, complementary training, scoring without training, extraction, LCE."""
+
+import numpy as np
+import pytest
+
+import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
+import larq_compute_engine as lce
+import tensorflow as tf
+
+from tfbnas.cost import model_cost
+from tfbnas.data import KNOWN_DATASETS, load_arrays, normalize_numpy
+from tfbnas.deploy.flatbuffer import op_histogram
+from tfbnas.width import WidthSearchError
+from tfbnas.width.bcnet import BCNetSupernet, build_macro_model, scaled_max_widths
+from tfbnas.width.channel_bench import GRID, LAYER_NAMES, macro_cost
+from tfbnas.width.evolution import EvolutionWidthOracle, WidthSpace, WidthTuner
+
+WIDTHS = (0.25, 0.5, 0.25, 0.75, 0.5, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    (x, y), _ = load_arrays("fashion_mnist")
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(x), 1024, replace=False)
+    return normalize_numpy(x[idx], KNOWN_DATASETS["fashion_mnist"]), y[idx]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_bilateral_output_is_the_average_of_the_two_sliced_paths(binary, fashion):
+    tf.keras.utils.set_random_seed(1)
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=binary)
+    x = fashion[0][:32]
+    counts = net.counts(WIDTHS)
+    paths = {}
+    for side in ("left", "right"):
+        path = net.path_logits(x, counts, side == "right").numpy()
+        # The same path as a plain Keras model holding the sliced weights (BatchNorm on batch statistics).
+        plain = net.extract(WIDTHS, side)(x, training=True).numpy()
+        np.testing.assert_allclose(path, plain, atol=2e-5 * max(1.0, np.abs(path).max()))
+        paths[side] = path
+    assert np.abs(paths["left"] - paths["right"]).max() > 1e-3  # different channels, different outputs
+    np.testing.assert_allclose(net.bilateral_logits(x, WIDTHS).numpy(), 0.5 * (paths["left"] + paths["right"]),
+                               atol=1e-6)
+
+
+def test_gradient_reaches_left_and_right_channels_only(fashion):
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125)
+    x, y = fashion[0][:32], fashion[1][:32]
+    with tf.GradientTape() as tape:
+        logits = net.bilateral_logits(x, WIDTHS)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+    grads = tape.gradient(loss, [net.head.kernel, net.classifier.kernel])
+    full, c = net.max_widths[6], int(WIDTHS[6] * net.max_widths[6])  # head: 128 channels, width 32
+    per_channel = np.abs(grads[0].numpy()).sum(axis=(0, 1, 2))
+    assert (per_channel[:c] > 0).all(), "left channels get no gradient"
+    assert (per_channel[full - c:] > 0).all(), "right channels get no gradient"
+    assert (per_channel[c:full - c] == 0).all(), "channels outside both slices got gradient"
+    rows = np.abs(grads[1].numpy()).sum(axis=1)
+    assert (rows[:c] > 0).all() and (rows[full - c:] > 0).all() and (rows[c:full - c] == 0).all()
+
+
+def test_complement_covers_every_channel_twice():
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125)
+    for _ in range(20):
+        counts = net.sample_counts().numpy()
+        comp = net.complement(counts).numpy()
+        full = np.array(net.max_widths)
+        assert set(counts / full) <= set(GRID)
+        for c, cc, n in zip(counts, comp, full):
+            uses = np.zeros(n, int)
+            for width in (c, cc):
+                uses[:width] += 1  # left path
+                uses[n - width:] += 1  # right path
+            # Each step trains every channel of a layer equally often (2x, or 4x at full width).
+            assert len(set(uses)) == 1 and uses[0] in (2, 4)
+
+
+def test_train_step_then_search_without_training(fashion, tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    x, y = fashion
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=True)
+    net.compile(optimizer=tf.keras.optimizers.Adam(2e-3))
+    before = net.head.kernel.numpy().copy()
+    history = net.fit(x[:768], y[:768], batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    changed = np.abs(net.head.kernel.numpy() - before).sum(axis=(0, 1, 2)) > 0
+    assert changed.all(), "complementary training left some head channels untrained"
+    # Each step records the sampled width and its complement: two entries per layer and step.
+    np.testing.assert_array_equal(net.prior_count.numpy().sum(axis=1), 2 * 12)
+    prior = net.width_prior()
+    np.testing.assert_allclose(prior.sum(axis=1), 1.0, rtol=1e-6)
+
+    weights = [w.numpy().copy() for w in net.trainable_weights]
+    val = [(x[768:], y[768:])]
+    space = WidthSpace(LAYER_NAMES, GRID, cost=lambda w: net.cost(w)["ops"], budget=0.5 * net.cost((1.0,) * 7)["ops"])
+    tuner = WidthTuner(EvolutionWidthOracle(space, max_trials=6, population_size=3, layer_prior=prior, seed=0),
+                       lambda w: net.score_widths(w, val), directory=str(tmp_path), project_name="bcnet")
+    tuner.search(verbose=0)
+    assert tuner.queries() == 6
+    for row in tuner.history():
+        assert 0.0 <= row["score"] <= 1.0 and row["cost"] <= space.budget
+    for w, saved in zip(net.trainable_weights, weights):  # scoring does not train
+        np.testing.assert_array_equal(w.numpy(), saved)
+    score = net.score_widths(tuner.best_widths(), val)
+    assert score["score"] == pytest.approx(0.5 * (score["acc_left"] + score["acc_right"]))
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_macro_cost_matches_the_cost_model(binary):
+    max_widths = scaled_max_widths(0.25)
+    model = build_macro_model(WIDTHS, (28, 28, 1), 10, max_widths, binary=binary)
+    report = model_cost(model)
+    cost = macro_cost(WIDTHS, 28, 1, 10, max_widths, binary=binary)
+    assert report.flops == cost["flops"]
+    assert report.bops == cost["bops"]
+    assert (report.bops > 0) == binary
+
+
+def test_extracted_binary_width_model_converts_with_lce(fashion):
+    tf.keras.utils.set_random_seed(2)
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=True)
+    model = net.extract(WIDTHS, "right", calibration_x=fashion[0][:256])
+    ops = op_histogram(lce.convert_keras_model(model))
+    binary_convs = [layer for layer in model.layers if type(layer).__name__ == "QuantConv2D"]
+    assert len(binary_convs) == 9  # expand + project of 4 blocks, head
+    assert ops.get("LceBconv2d", 0) == 9
+    assert ops.get("CONV_2D", 0) == 1  # only the real-valued stem
+    assert ops.get("DEPTHWISE_CONV_2D", 0) == 4
+    # Calibrated BatchNorm: inference output close to the batch-statistics path of the supernet.
+    x = fashion[0][:256]
+    inference = model(x, training=False).numpy()
+    path = net.path_logits(x, net.counts(WIDTHS), True).numpy()
+    assert np.mean(np.argmax(inference, 1) == np.argmax(path, 1)) > 0.9
+
+
+def test_bad_arguments():
+    with pytest.raises(WidthSearchError, match="input_shape"):
+        BCNetSupernet((28, 28))
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125)
+    with pytest.raises(WidthSearchError, match="side"):
+        net.extract(WIDTHS, "middle")
+    with pytest.raises(WidthSearchError, match="outside"):
+        net.counts((0.0,) * 7)
+    with pytest.raises(WidthSearchError, match="no batches"):
+        net.score_widths(WIDTHS, [])

@@ -1,0 +1,46 @@
+"""Width search: per-layer channel counts of a trained network or of a macro backbone.
+
+* :mod:`tfbnas.width.dnal` — DNAL: scaled-sigmoid channel gates, gate training, pruning to a smaller
+  plain Keras model, finetuning (works on any Functional Conv-BN model, real or Larq 1-bit).
+* :mod:`tfbnas.width.bcnet` — BCNet: a bilaterally coupled, width-sliceable supernet of the
+  Channel-Bench-Macro MobileNet space (real or 1-bit) with stochastic complementary training.
+* :mod:`tfbnas.width.evolution` — budgeted evolutionary search (prior initial population) as a
+  keras-tuner Oracle/Tuner, and the random-search control.
+* :mod:`tfbnas.width.channel_bench` — the Channel-Bench-Macro table as a ground-truth oracle.
+
+Command line: ``python -m tfbnas.width --method=dnal|bcnet ...`` (see ``docs/width_search.md``).
+"""
+
+
+class WidthSearchError(ValueError):
+    """A width-search input tfbnas cannot use; the message names the problem and the fix."""
+
+
+from tfbnas.width.channel_bench import ChannelBenchMacro, macro_cost, macro_flops  # noqa: E402
+from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, finetune, insert_gates, prune,  # noqa: E402
+                               train_gates, train_weights)
+from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, WidthSpace, WidthTuner,  # noqa: E402
+                                    run_width_search)
+from tfbnas.width.bcnet import BCNetSupernet, build_macro_model  # noqa: E402
+
+__all__ = [
+    "BCNetSupernet",
+    "ChannelBenchMacro",
+    "ChannelGate",
+    "DeltaSchedule",
+    "EvolutionWidthOracle",
+    "PruneError",
+    "RandomWidthOracle",
+    "WidthSearchError",
+    "WidthSpace",
+    "WidthTuner",
+    "build_macro_model",
+    "finetune",
+    "insert_gates",
+    "macro_cost",
+    "macro_flops",
+    "prune",
+    "run_width_search",
+    "train_gates",
+    "train_weights",
+]

@@ -1,0 +1,268 @@
+"""Width search from the command line.
+
+    # DNAL on a trained (or untrained) Keras model, a genotype's Child, or an example CNN
+    python -m tfbnas.width --method=dnal --model=child.keras --output_dir=runs/dnal
+    python -m tfbnas.width --method=dnal --genotype=runs/search/genotype.json --init_channels=16 --num_cells=8
+    python -m tfbnas.width --method=dnal --model=example:binary_resnet --train_examples=4000
+
+    # BCNet supernet + evolutionary search under a FLOPs (or OPs) budget, then finetune the winner
+    python -m tfbnas.width --method=bcnet --width_scale=0.125 --binary --cost=ops --budget_fraction=0.5
+
+    # the search algorithm alone against the Channel-Bench-Macro ground truth (no training)
+    python -m tfbnas.width --method=bcnet --benchmark=channel_bench_macro_mobilenet --max_trials=100
+
+Every run folder gets ``widths.json`` (widths before/after per layer and the run's numbers),
+``widths.md`` (the same as a Markdown table), ``pruned.keras`` (the smaller model), ``flags.txt`` and,
+for BCNet, the keras-tuner project (``search/``) that a rerun with the same ``--output_dir`` resumes.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import flags
+
+import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from tfbnas import data, flags as tflags, runs
+
+FLAGS = flags.FLAGS
+tflags.define_data_flags()
+tflags.define_run_flags()
+tflags.define_space_flags()
+
+flags.DEFINE_enum("method", None, ["dnal", "bcnet"], "Width-search method.")
+flags.DEFINE_string("model", None, "DNAL: a .keras model, or example:vgg|resnet|binary_vgg|binary_resnet.")
+flags.DEFINE_string("genotype", None, "DNAL: a genotype.json whose Child (tfbnas.models.build_child) is pruned.")
+flags.DEFINE_enum("benchmark", None, ["channel_bench_macro_mobilenet"],
+                  "BCNet: search against this ground-truth table instead of a trained supernet.")
+flags.DEFINE_string("benchmark_path", None, "Results_MobileNet.json (default: <repo>/../shared/... or "
+                    "$TFBNAS_CHANNEL_BENCH).")
+# DNAL
+flags.DEFINE_integer("weight_epochs", 2, "DNAL stage 1: epochs of weight training (gates off).", lower_bound=0)
+flags.DEFINE_integer("gate_epochs", 1, "DNAL stage 2: epochs of gate training (delta 1 -> 1e4).", lower_bound=1)
+flags.DEFINE_integer("finetune_epochs", 1, "Epochs of finetuning the pruned / extracted model.", lower_bound=0)
+flags.DEFINE_float("lambda_a", 5e-3, "DNAL: weight of the gate penalty (more: fewer channels).", lower_bound=0.0)
+flags.DEFINE_enum("penalty", "sum", ["sum", "mean"], "DNAL: sum (paper) or mean of the gates in the penalty.")
+flags.DEFINE_float("delta_start", 1.0, "DNAL: delta at the start of stage 2.", lower_bound=1e-6)
+flags.DEFINE_float("delta_end", 1e4, "DNAL: delta at the end of stage 2.", lower_bound=1e-6)
+flags.DEFINE_enum("gate_batch_norm", "batch", ["batch", "frozen"], "DNAL stage 2: BatchNorm statistics.")
+flags.DEFINE_float("gate_lr", 0.1, "DNAL: SGD learning rate of the gates.", lower_bound=0.0)
+flags.DEFINE_float("lr", 1e-3, "Adam learning rate of weight training, supernet training and finetuning.",
+                   lower_bound=0.0)
+# BCNet
+flags.DEFINE_float("width_scale", 0.125, "BCNet: scale of the macro space's full widths (1.0 = the benchmark's).",
+                   lower_bound=1e-3)
+flags.DEFINE_bool("binary", False, "BCNet: 1-bit variant (binary 1x1 convs).")
+flags.DEFINE_integer("supernet_epochs", 1, "BCNet: epochs of supernet training.", lower_bound=0)
+flags.DEFINE_enum("cost", "flops", ["flops", "ops"], "BCNet: budgeted cost (ops = BOPs/64 + FLOPs).")
+flags.DEFINE_float("budget", None, "BCNet: budget in units of --cost (absolute).", lower_bound=0.0)
+flags.DEFINE_float("budget_fraction", None, "BCNet: budget as a fraction of the full-width cost "
+                   "(default 0.5; with --benchmark the default is the table's median FLOPs).", lower_bound=0.0)
+flags.DEFINE_enum("search", "evolution", ["evolution", "random"], "BCNet: search algorithm.")
+flags.DEFINE_integer("max_trials", 100, "BCNet: width vectors evaluated.", lower_bound=1)
+flags.DEFINE_integer("population_size", 16, "BCNet: evolution population.", lower_bound=2)
+flags.DEFINE_enum("initial_population", "prior", ["prior", "uniform"], "BCNet: initial population.")
+flags.DEFINE_integer("eval_examples", 512, "BCNet: held-out training examples that score a width vector.",
+                     lower_bound=16)
+
+
+def _arrays():
+    (x, y), (xt, yt) = data.load_arrays(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
+    info = data.KNOWN_DATASETS.get(FLAGS.dataset) or data.dataset_info(FLAGS.dataset, FLAGS.data_dir)
+    rng = np.random.RandomState(FLAGS.seed)
+    if FLAGS.train_examples and FLAGS.train_examples < len(x):
+        idx = rng.permutation(len(x))[:FLAGS.train_examples]
+        x, y = x[idx], y[idx]
+    if FLAGS.test_examples and FLAGS.test_examples < len(xt):
+        idx = rng.permutation(len(xt))[:FLAGS.test_examples]
+        xt, yt = xt[idx], yt[idx]
+    return (data.normalize_numpy(x, info), y), (data.normalize_numpy(xt, info), yt), info
+
+
+def _write(run_dir, summary, rows, model, title):
+    summary["widths"] = rows
+    with open(os.path.join(run_dir, "widths.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    lines = [f"# {title}", "", "| layer | type | before | after |", "| --- | --- | ---: | ---: |"]
+    lines += [f"| {r['layer']} | {r['type']} | {r['before']} | {r['after']} |" for r in rows]
+    total_b, total_a = sum(r["before"] for r in rows), sum(r["after"] for r in rows)
+    lines += [f"| **total** | | **{total_b}** | **{total_a}** |", ""]
+    for key, value in summary.items():
+        if key not in ("widths", "history") and not isinstance(value, (dict, list)):
+            lines.append(f"- {key}: {value}")
+    with open(os.path.join(run_dir, "widths.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if model is not None:
+        model.save(os.path.join(run_dir, "pruned.keras"))
+    print("\n".join(lines))
+
+
+def _load_model(info):
+    import tensorflow as tf
+
+    from tfbnas.width import dnal
+
+    if FLAGS.genotype:
+        from tfbnas import models
+
+        return models.build_child(FLAGS.genotype, num_classes=info.num_classes, input_shape=info.image_shape,
+                                  init_channels=FLAGS.init_channels, num_cells=FLAGS.num_cells)
+    if FLAGS.model.startswith("example:"):
+        kind = FLAGS.model.split(":", 1)[1]
+        binary = kind.startswith("binary_")
+        return dnal.example_cnn(kind.replace("binary_", ""), info.image_shape, info.num_classes, binary=binary)
+    if not os.path.exists(FLAGS.model):
+        raise tflags.ConfigError(f"--model={FLAGS.model} does not exist; pass a .keras file or example:vgg")
+    try:
+        from tfbnas import models  # noqa: F401  (registers the Child's layers for loading)
+    except ImportError:
+        pass
+    return tf.keras.models.load_model(FLAGS.model, compile=False)
+
+
+def run_dnal(run_dir):
+    import tensorflow as tf
+
+    from tfbnas.width import dnal
+
+    (x, y), (xt, yt), info = _arrays()
+    tf.keras.utils.set_random_seed(FLAGS.seed)
+    model = _load_model(info)
+    gated = dnal.insert_gates(model)
+    bs = FLAGS.batch_size
+    if FLAGS.weight_epochs:
+        dnal.train_weights(gated, (x, y), FLAGS.weight_epochs, optimizer=tf.keras.optimizers.Adam(FLAGS.lr),
+                           batch_size=bs, verbose=2)
+    gated.compile(loss=dnal.default_loss(gated), metrics=["accuracy"])
+    dnal.set_gate_mode(gated, "off")
+    before = float(gated.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    print(f"test accuracy before pruning: {before:.4f}")
+    dnal.train_gates(gated, (x, y), FLAGS.gate_epochs, lambda_a=FLAGS.lambda_a, penalty=FLAGS.penalty,
+                     delta_start=FLAGS.delta_start, delta_end=FLAGS.delta_end, batch_norm=FLAGS.gate_batch_norm,
+                     optimizer=tf.keras.optimizers.SGD(FLAGS.gate_lr), batch_size=bs, verbose=2)
+    pruned = dnal.prune(gated)
+    rows = dnal.width_table(gated)
+    pruned.compile(loss=dnal.default_loss(pruned), metrics=["accuracy"])
+    at_prune = float(pruned.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    print(f"test accuracy of the pruned model before finetuning: {at_prune:.4f}")
+    if FLAGS.finetune_epochs:
+        dnal.finetune(pruned, (x, y), FLAGS.finetune_epochs, optimizer=tf.keras.optimizers.Adam(FLAGS.lr / 2),
+                      batch_size=bs, verbose=2)
+    after = float(pruned.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    summary = {"method": "dnal", "model": FLAGS.model or FLAGS.genotype, "params_before": int(model.count_params()),
+               "params_after": int(pruned.count_params()), "test_accuracy_before": before,
+               "test_accuracy_pruned": at_prune, "test_accuracy_finetuned": after}
+    _write(run_dir, summary, rows, pruned, f"DNAL widths of {model.name}")
+
+
+def _budget(full_cost, median=None):
+    if FLAGS.budget is not None:
+        return FLAGS.budget
+    if FLAGS.budget_fraction is not None:
+        return FLAGS.budget_fraction * full_cost
+    return median if median is not None else 0.5 * full_cost
+
+
+def _macro_rows(widths, max_widths):
+    from tfbnas.width.channel_bench import LAYER_NAMES, macro_channels
+
+    after = macro_channels(widths, max_widths)
+    return [{"layer": n, "type": "macro width", "before": int(c), "after": int(a), "multiplier": float(w)}
+            for n, c, a, w in zip(LAYER_NAMES, max_widths, after, widths)]
+
+
+def run_bcnet(run_dir):
+    import numpy as np
+    import tensorflow as tf
+
+    from tfbnas.width import bcnet, channel_bench, evolution
+
+    search_dir = os.path.join(run_dir, "search")
+    if FLAGS.benchmark:
+        bench = channel_bench.ChannelBenchMacro(FLAGS.benchmark_path)
+        budget = _budget(channel_bench.macro_flops((1.0,) * 7), bench.median_flops())
+        space = evolution.WidthSpace(channel_bench.LAYER_NAMES, channel_bench.GRID, cost=bench.flops, budget=budget)
+        tuner = evolution.run_width_search(space, bench.accuracy, FLAGS.search, FLAGS.max_trials, search_dir,
+                                           f"{FLAGS.search}_seed{FLAGS.seed}", FLAGS.seed,
+                                           **({"population_size": FLAGS.population_size,
+                                               "initial_population": FLAGS.initial_population}
+                                              if FLAGS.search == "evolution" else {}))
+        widths = tuner.best_widths()
+        summary = {"method": "bcnet", "benchmark": FLAGS.benchmark, "search": FLAGS.search, "budget_flops": budget,
+                   "found": channel_bench.ChannelBenchMacro.key(widths), "true_accuracy": bench.accuracy(widths),
+                   "flops": bench.flops(widths), "rank_under_budget": bench.rank(widths, budget),
+                   "entries_under_budget": bench.count(budget), "rank_overall": bench.rank(widths),
+                   "best_under_budget": bench.accuracy(bench.best(budget)), "queries": tuner.queries()}
+        model = bcnet.build_macro_model(widths)
+        _write(run_dir, summary, _macro_rows(widths, channel_bench.MAX_WIDTHS), model,
+               "Channel-Bench-Macro (MobileNet) width search")
+        return
+
+    (x, y), (xt, yt), info = _arrays()
+    if len(x) <= FLAGS.eval_examples:
+        raise tflags.ConfigError(f"--eval_examples={FLAGS.eval_examples} leaves no training data; lower it or raise "
+                                 "--train_examples")
+    x_val, y_val = x[-FLAGS.eval_examples:], y[-FLAGS.eval_examples:]
+    x_tr, y_tr = x[:-FLAGS.eval_examples], y[:-FLAGS.eval_examples]
+    tf.keras.utils.set_random_seed(FLAGS.seed)
+    net = bcnet.BCNetSupernet(info.image_shape, info.num_classes, width_scale=FLAGS.width_scale, binary=FLAGS.binary)
+    net.compile(optimizer=tf.keras.optimizers.Adam(FLAGS.lr))
+    if FLAGS.supernet_epochs:
+        net.fit(x_tr, y_tr, batch_size=FLAGS.batch_size, epochs=FLAGS.supernet_epochs, verbose=2)
+    val_batches = [(x_val[i:i + 256], y_val[i:i + 256]) for i in range(0, len(x_val), 256)]
+    full_cost = net.cost((1.0,) * 7)[FLAGS.cost]
+    budget = _budget(full_cost)
+    space = evolution.WidthSpace(channel_bench.LAYER_NAMES, net.grid, cost=lambda w: net.cost(w)[FLAGS.cost],
+                                 budget=budget)
+    kwargs = {}
+    if FLAGS.search == "evolution":
+        kwargs = {"population_size": FLAGS.population_size, "initial_population": FLAGS.initial_population,
+                  "layer_prior": net.width_prior() if FLAGS.supernet_epochs else None}
+    tuner = evolution.run_width_search(space, lambda w: net.score_widths(w, val_batches), FLAGS.search,
+                                       FLAGS.max_trials, search_dir, f"{FLAGS.search}_seed{FLAGS.seed}", FLAGS.seed,
+                                       **kwargs)
+    widths = tuner.best_widths()
+    sides = {side: net.extract(widths, side, calibration_x=x_tr[:1024]) for side in ("left", "right")}
+    for model in sides.values():
+        model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    side_acc = {s: float(m.evaluate(x_val, y_val, batch_size=256, verbose=0)[1]) for s, m in sides.items()}
+    side = max(side_acc, key=side_acc.get)
+    model = sides[side]
+    inherited = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    if FLAGS.finetune_epochs:
+        model.compile(optimizer=tf.keras.optimizers.Adam(FLAGS.lr / 2),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.fit(x_tr, y_tr, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs, verbose=2)
+    after = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    summary = {"method": "bcnet", "binary": FLAGS.binary, "search": FLAGS.search, "cost": FLAGS.cost,
+               "budget": budget, "full_width_cost": full_cost, "found_cost": space.cost(widths),
+               "supernet_score": float(tuner.oracle.get_best_trials(1)[0].score), "queries": tuner.queries(),
+               "side": side, "test_accuracy_inherited": inherited, "test_accuracy_finetuned": after,
+               "width_prior": np.round(net.width_prior(), 4).tolist()}
+    _write(run_dir, summary, _macro_rows(widths, net.max_widths), model, "BCNet width search")
+
+
+def main(argv):
+    del argv
+    if FLAGS.method is None:
+        raise tflags.ConfigError("pass --method=dnal or --method=bcnet")
+    if FLAGS.method == "dnal" and not (FLAGS.model or FLAGS.genotype):
+        raise tflags.ConfigError("DNAL needs --model=<file.keras|example:vgg> or --genotype=<genotype.json>")
+    if FLAGS.method == "dnal" and FLAGS.benchmark:
+        raise tflags.ConfigError("--benchmark works with --method=bcnet (the search algorithm), not with DNAL")
+    run_dir = runs.make_run_dir(FLAGS.output_dir, f"width-{FLAGS.method}",
+                                "channel_bench" if FLAGS.benchmark else FLAGS.dataset)
+    tflags.write_flags(run_dir, tflags.flag_values(["tfbnas"]))
+    from tfbnas.width import WidthSearchError
+
+    try:
+        run_dnal(run_dir) if FLAGS.method == "dnal" else run_bcnet(run_dir)
+    except (WidthSearchError, data.DatasetNotFoundError, runs.RunDirError) as e:
+        print(f"tfbnas.width: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"\nrun folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    tflags.run(main)
