@@ -114,8 +114,8 @@ def define_search_flags():
     d = _define_once
     d(flags.DEFINE_enum, "strategy", "dcp", ["dcp", "bats", "darts"], "Search strategy.")
     d(flags.DEFINE_integer, "search_epochs", 10, "Search epochs.", lower_bound=1)
-    d(flags.DEFINE_integer, "steps_per_epoch", None, "Steps per epoch (default: one pass over search-train).",
-      lower_bound=1)
+    d(flags.DEFINE_integer, "search_steps_per_epoch", None,
+      "Search steps per epoch (default: one pass over search-train).", lower_bound=1)
     d(flags.DEFINE_integer, "arch_frozen_epochs", 0, "Leading epochs that train weights only.", lower_bound=0)
     d(flags.DEFINE_float, "arch_lr", 3e-4, "Adam learning rate of the architecture parameters.", lower_bound=0.0)
     d(flags.DEFINE_float, "arch_beta1", 0.5, "Adam beta1 of the architecture optimiser.", lower_bound=0.0)
@@ -124,7 +124,7 @@ def define_search_flags():
       lower_bound=0.0)
     d(flags.DEFINE_float, "weight_lr_min", 0.001, "Final SGD learning rate of the weights.", lower_bound=0.0)
     d(flags.DEFINE_float, "weight_momentum", 0.9, "SGD momentum.", lower_bound=0.0)
-    d(flags.DEFINE_float, "weight_decay", 3e-4, "L2 decay of real-valued weights.", lower_bound=0.0)
+    d(flags.DEFINE_float, "search_weight_decay", 3e-4, "L2 decay of real-valued supernet weights.", lower_bound=0.0)
     d(flags.DEFINE_float, "grad_clip", 5.0, "Global-norm clip of weight gradients (0: off).", lower_bound=0.0)
     d(flags.DEFINE_enum, "distribute", "default", ["default", "mirrored", "multiworker"],
       "tf.distribute strategy: one device, all local devices, or workers from TF_CONFIG.")

@@ -44,7 +44,7 @@ class SearchConfig:
     nodes: int = 4
     strategy: str = "dcp"
     search_epochs: int = 10
-    steps_per_epoch: Optional[int] = None
+    search_steps_per_epoch: Optional[int] = None
     arch_frozen_epochs: int = 0
     arch_lr: float = 3e-4
     arch_beta1: float = 0.5
@@ -52,7 +52,7 @@ class SearchConfig:
     weight_lr: float = 0.025
     weight_lr_min: float = 0.001
     weight_momentum: float = 0.9
-    weight_decay: float = 3e-4
+    search_weight_decay: float = 3e-4
     grad_clip: float = 5.0
     distribute: str = "default"
     deterministic: bool = True
@@ -139,7 +139,7 @@ def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: 
         for net in (child, parent):
             if net is not None:
                 synchronize_batch_norm(net)
-    engine = SearchModel(child, strategy, parent, weight_decay=config.weight_decay,
+    engine = SearchModel(child, strategy, parent, weight_decay=config.search_weight_decay,
                          arch_weight_decay=config.arch_weight_decay, grad_clip=config.grad_clip,
                          arch_frozen_epochs=config.arch_frozen_epochs)
     total = steps_per_epoch * config.search_epochs
@@ -177,7 +177,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
     info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
     probe = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
                              config.test_examples, config.seed, config.download)
-    steps = config.steps_per_epoch or probe.sizes["search_train"] // config.batch_size
+    steps = config.search_steps_per_epoch or probe.sizes["search_train"] // config.batch_size
     if steps < 1:
         raise ConfigError(f"search-train has {probe.sizes['search_train']} examples, fewer than one batch of "
                           f"{config.batch_size}; raise --train_examples or lower --batch_size")
@@ -205,7 +205,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
         log("the search had already finished")
     else:
         # Batches never straddle epochs, so the resumed stream starts exactly where epoch `initial_epoch` starts;
-        # a --steps_per_epoch shorter than an epoch skips to the matching step of the stream.
+        # a --search_steps_per_epoch shorter than an epoch skips to the matching step of the stream.
         per_epoch = probe.sizes["search_train"] // config.batch_size
         skip = 0
         start_epoch = initial_epoch
