@@ -54,6 +54,31 @@ def define_space_flags():
     _define_once(flags.DEFINE_integer, "nodes", 4, "Intermediate nodes per cell.", lower_bound=1)
 
 
+def define_deploy_flags():
+    """Flags of the main job's deploy stages: parity check and host benchmark."""
+    _define_once(flags.DEFINE_integer, "parity_examples", 256,
+                 "Real test images compared between Keras and the LCE interpreter (0: skip).", lower_bound=0)
+    _define_once(flags.DEFINE_float, "min_agreement", 0.99, "Minimum Keras/TFLite top-1 agreement.",
+                 lower_bound=0.0, upper_bound=1.0)
+    _define_once(flags.DEFINE_integer, "benchmark_runs", 30, "Timed runs per kernel path of the host benchmark.",
+                 lower_bound=1)
+    _define_once(flags.DEFINE_integer, "benchmark_threads", 1, "Interpreter threads of the host benchmark.",
+                 lower_bound=1)
+
+
+def define_all():
+    """Every flag group, so that one flagfile (``configs/*.flags``) serves every entry point: search,
+    training and the main job each read the flags they use and ignore the others."""
+    from tfbnas.train.recipe import define_train_flags
+
+    define_data_flags()
+    define_run_flags()
+    define_space_flags()
+    define_search_flags()
+    define_deploy_flags()
+    define_train_flags()
+
+
 def _one_line_parser(argv):
     """absl ``flags_parser``: parse or exit 2 with one line."""
     prog = os.path.basename(argv[0]) if argv else "tfbnas"

@@ -41,7 +41,7 @@ def _table(header: List[str], rows: List[List]) -> List[str]:
 
 def build_report(summary: Dict, run_dir: str) -> str:
     """The Markdown text of the report (see :func:`write_report`)."""
-    out = [f"# tfbnas run report", "", f"Run folder: `{run_dir}`", ""]
+    out = ["# tfbnas run report", "", f"Run folder: `{run_dir}`", ""]
     headline = summary.get("headline")
     if headline:
         out += [f"**{headline}**", ""]
@@ -49,8 +49,8 @@ def build_report(summary: Dict, run_dir: str) -> str:
     stages = summary.get("stage_seconds", {})
     if stages:
         out += ["## Stages", ""]
-        out += _table(["stage", "wall time (s)"], [[k, round(v, 1)] for k, v in stages.items()]
-                      + [["total", round(sum(stages.values()), 1)]])
+        out += _table(["stage", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in stages.items()]
+                      + [["total", f"{sum(stages.values()):.1f}"]])
 
     data = summary.get("data")
     if data:

@@ -1,76 +1,228 @@
-"""The main job: data → 1-bit model → test accuracy, stage by stage, into one run folder.
+"""The main job: data → search → Child training → LCE TFLite → parity → benchmark → report, in one run folder.
 
-    python -m tfbnas.run --flagfile=configs/fashion_mnist.flags
+    python -m tfbnas.run --flagfile=configs/fashion_mnist.flags            # what `make run` runs
+    python -m tfbnas.run --resume=runs/run-fashion_mnist-20261125-101500   # continue after Ctrl-C or a kill
+
+Run folder::
+
+    flags.txt, flags.json      every flag of the run
+    search/                    the search run (checkpoints, alphas, genotype.json, cell pictures)
+    train/                     Child + Parent training (child.keras, parent.keras, curves, metrics)
+    deploy/                    child.tflite (+ float twin), conversion summary, latency table
+    report.md, report.html     the story of the run with its pictures; summary.json the numbers
+
+``--genotype=FILE`` skips the search and trains that genotype. Every stage that finished is kept: a
+resumed run skips it (the search and the training resume from their own checkpoints).
 """
 
 import json
 import os
 import sys
+import time
 
 from absl import flags, logging
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfbnas import data, flags as tflags, runs
+from tfbnas.report import write_report
 
 FLAGS = flags.FLAGS
-tflags.define_data_flags()
-tflags.define_run_flags()
-flags.DEFINE_integer("baseline_epochs", 1, "Epochs of the hand-designed 1-bit baseline.", lower_bound=0)
-flags.DEFINE_float("baseline_lr", 2e-3, "Adam learning rate of the baseline.", lower_bound=0.0)
+tflags.define_all()
+
+STAGES = ("data", "search", "train", "convert", "benchmark", "report")
 
 
-def train_baseline(splits, epochs: int, lr: float, run_dir: str):
-    """Trains the hand-designed binary ResNet with plain ``model.fit``; returns (model, test metrics)."""
-    import tensorflow as tf
+def _load_summary(run_dir):
+    path = os.path.join(run_dir, "summary.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {}
 
-    from tfbnas.baselines import binary_resnet
 
-    tf.keras.utils.set_random_seed(FLAGS.seed)
-    model = binary_resnet(splits.info.image_shape, splits.info.num_classes)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(lr),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    steps = splits.sizes["train"] // FLAGS.batch_size
-    model.fit(splits.train, epochs=epochs, steps_per_epoch=steps, verbose=2 if not sys.stdout.isatty() else 1,
-              callbacks=[tf.keras.callbacks.CSVLogger(os.path.join(run_dir, "baseline_history.csv"))])
-    loss, accuracy = model.evaluate(splits.test, verbose=0)
-    return model, {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+def _save_summary(run_dir, summary):
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+
+
+def stage_search(values, run_dir, resume, summary):
+    from tfbnas.search.run_search import SearchConfig, search
+
+    search_dir = os.path.join(run_dir, "search")
+    if os.path.exists(os.path.join(search_dir, "search_summary.json")):
+        print("search: finished earlier, kept")
+        with open(os.path.join(search_dir, "search_summary.json")) as f:
+            done = json.load(f)
+    else:
+        os.makedirs(search_dir, exist_ok=True)
+        tflags.write_flags(search_dir, values)
+        result = search(SearchConfig.from_flags(values), search_dir, resume=resume)
+        done = result.history
+        print(f"\ngenotype:\n{result.genotype}")
+    from tfbnas.space.genotype import Genotype
+
+    genotype = Genotype.from_dict(done["genotype"])
+    summary["search"] = {
+        "strategy": done["strategy"], "epochs": done["epochs"], "steps_per_epoch": done["steps_per_epoch"],
+        "seconds": done["seconds"], "param_free_ops": done["param_free_ops"], "genotype_text": str(genotype),
+        "cell_normal": "search/cell_normal.png", "cell_reduce": "search/cell_reduce.png",
+        "alphas_plot": "search/alphas.png"}
+    return os.path.join(search_dir, "genotype.json")
+
+
+def stage_train(values, genotype_path, run_dir, resume, summary):
+    from tfbnas.train.recipe import TrainConfig, train_child
+
+    train_dir = os.path.join(run_dir, "train")
+    metrics_path = os.path.join(train_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        print("train: finished earlier, kept")
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+    else:
+        config = TrainConfig.from_flags({**values, "genotype": genotype_path})
+        metrics = train_child(config, train_dir, resume=resume and os.path.isdir(train_dir)).metrics
+    parent = metrics.get("parent_test") or {}
+    epochs = metrics.get("phases", {})
+    summary["train"] = {
+        "child": {"top1": metrics["test_top1"], "top5": metrics["test_top5"],
+                  "epochs": epochs.get("child", {}).get("epochs")},
+        "parent": {"top1": parent.get("top1"), "top5": parent.get("top5"),
+                   "epochs": epochs.get("parent", {}).get("epochs")} if parent else None,
+        "curves": "train/curves.png", "selection": metrics.get("selection")}
+    summary["cost"] = metrics.get("cost")  # tfbnas.cost totals of the trained Child
+    return os.path.join(train_dir, "child.keras")
+
+
+def stage_convert(values, model_path, run_dir, summary):
+    from tfbnas.deploy.convert import convert_model_file
+
+    deploy_dir = os.path.join(run_dir, "deploy")
+    os.makedirs(deploy_dir, exist_ok=True)
+    output = os.path.join(deploy_dir, "child.tflite")
+    parent = os.path.join(run_dir, "train", "parent.keras")
+    report = convert_model_file(model_path, output, parity_examples=values["parity_examples"],
+                                dataset=values["dataset"], data_dir=values["data_dir"],
+                                min_agreement=values["min_agreement"],
+                                float_model=parent if os.path.exists(parent) else None)
+    summary["deploy"] = _deploy_summary(report)
+    return output
+
+
+def _deploy_summary(report: dict) -> dict:
+    fb = report.get("flatbuffer", {})
+    parity = report.get("parity") or {}
+    floating = report.get("float_reference") or {}
+    histogram = fb.get("ops", {})
+    return {"size_bytes": fb.get("size_bytes"), "float_size_bytes": floating.get("size_bytes"),
+            "binary_part_ratio": floating.get("binary_part_ratio"),
+            "binary_convs": histogram.get("LceBconv2d", 0),
+            "float_convs": sum(v for k, v in histogram.items() if k in ("CONV_2D", "DEPTHWISE_CONV_2D")),
+            "op_histogram": histogram, "agreement": parity.get("agreement"),
+            "max_error": parity.get("max_abs_error"), "parity_examples": parity.get("examples")}
+
+
+def stage_benchmark(values, tflite_path, run_dir, summary):
+    from tfbnas.deploy.benchmark import benchmark_host, markdown_table
+
+    float_path = tflite_path.replace(".tflite", "_float.tflite")
+    rows = benchmark_host(tflite_path, threads=values["benchmark_threads"], runs=values["benchmark_runs"],
+                          float_model=float_path if os.path.exists(float_path) else None)
+    table = markdown_table(rows)
+    with open(os.path.join(run_dir, "deploy", "latency.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    summary["latency"] = [r.to_dict() for r in rows]
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    run_dir = runs.make_run_dir(FLAGS.output_dir, "run", FLAGS.dataset)
-    tflags.write_flags(run_dir, tflags.flag_values(["tfbnas"]))
+    values = tflags.flag_values(["tfbnas"])
+    resume = bool(FLAGS.resume)
+    if resume:
+        run_dir = os.path.abspath(FLAGS.resume)
+        if not os.path.exists(os.path.join(run_dir, "flags.json")):
+            raise tflags.ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a tfbnas.run folder")
+        with open(os.path.join(run_dir, "flags.json")) as f:
+            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+    else:
+        run_dir = runs.make_run_dir(FLAGS.output_dir, "run", FLAGS.dataset)
+        if os.path.exists(os.path.join(run_dir, "flags.json")):
+            raise tflags.ConfigError(f"{run_dir} already holds a run; continue it with --resume={run_dir} or "
+                                     "choose another --output_dir")
+        if values.get("genotype"):
+            values["genotype"] = os.path.abspath(values["genotype"])
+        tflags.write_flags(run_dir, values)
+    summary = _load_summary(run_dir)
+    summary.update({"run_dir": run_dir, "flags": values})
+    times = summary.setdefault("stage_seconds", {})
     timer = runs.StageTimer()
-    summary = {"run_dir": run_dir}
+    start = time.time()
     try:
         with timer.stage("data"):
-            splits = data.make_splits(FLAGS.dataset, FLAGS.batch_size, FLAGS.data_dir, FLAGS.train_examples,
-                                      FLAGS.test_examples, FLAGS.seed, FLAGS.download)
+            info = data.KNOWN_DATASETS.get(values["dataset"]) or data.dataset_info(values["dataset"],
+                                                                                    values["data_dir"])
+            splits = data.make_splits(values["dataset"], values["batch_size"], values["data_dir"],
+                                      values["train_examples"], values["test_examples"], values["seed"],
+                                      values["download"])
             s = splits.sizes
-            print(f"{FLAGS.dataset}: {s['train']} train = {s['search_train']} search-train + "
-                  f"{s['search_val']} search-val, {s['test']} test; images {splits.info.image_shape}, "
-                  f"{splits.info.num_classes} classes")
-            summary["sizes"] = s
-        if FLAGS.baseline_epochs:
-            with timer.stage("1-bit baseline (model.fit)"):
-                _, metrics = train_baseline(splits, FLAGS.baseline_epochs, FLAGS.baseline_lr, run_dir)
-                print(f"1-bit baseline test accuracy: {metrics['test_accuracy']:.4f}")
-                summary["baseline"] = metrics
-    except (data.DatasetNotFoundError, data.IdxFormatError, runs.RunDirError) as e:
+            print(f"{values['dataset']}: {s['train']} train = {s['search_train']} search-train + "
+                  f"{s['search_val']} search-val, {s['test']} test; images {info.image_shape}, "
+                  f"{info.num_classes} classes")
+            summary["data"] = {"dataset": values["dataset"], "sizes": s}
+        if values.get("genotype"):
+            genotype_path = values["genotype"]
+            print(f"search: skipped, training {genotype_path}")
+        else:
+            with timer.stage(f"search ({values['strategy']})"):
+                genotype_path = stage_search(values, run_dir, resume, summary)
+            _save_summary(run_dir, summary)
+        with timer.stage("train Child (Parent teacher)"):
+            model_path = stage_train(values, genotype_path, run_dir, resume, summary)
+        _save_summary(run_dir, summary)
+        with timer.stage("convert to LCE TFLite + parity"):
+            tflite_path = stage_convert(values, model_path, run_dir, summary)
+        with timer.stage("host benchmark"):
+            stage_benchmark(values, tflite_path, run_dir, summary)
+    except KeyboardInterrupt:
+        _finish(summary, times, timer, run_dir)
+        print(f"\ninterrupted: resume with python -m tfbnas.run --resume={run_dir}", file=sys.stderr)
+        sys.exit(130)
+    _finish(summary, times, timer, run_dir)
+    child = summary.get("train", {}).get("child", {})
+    cost, deploy = summary.get("cost") or {}, summary.get("deploy") or {}
+    headline = (f"Child test top-1 {child.get('top1', 0):.4f} on {values['dataset']}, "
+                f"{(cost.get('ops') or 0) / 1e6:.2f} M OPs, TFLite {(deploy.get('size_bytes') or 0) / 1024:.1f} KiB, "
+                f"parity {deploy.get('agreement')}")
+    summary["headline"] = headline
+    report = write_report(summary, run_dir)
+    print(f"\n{headline}\nwall time {time.time() - start:.0f} s\nreport: {report}\nrun folder: {run_dir}")
+
+
+def _finish(summary, times, timer, run_dir):
+    times.update({k: times.get(k, 0.0) + v for k, v in timer.times.items()})
+    _save_summary(run_dir, summary)
+
+
+def _user_errors():
+    from tfbnas.deploy import DeployError
+    from tfbnas.search.run_search import USER_ERRORS as SEARCH_ERRORS
+    from tfbnas.train.recipe import USER_ERRORS as TRAIN_ERRORS
+
+    return tuple({*SEARCH_ERRORS, *TRAIN_ERRORS, DeployError, tflags.ConfigError})
+
+
+def guarded_main(argv):
+    try:
+        main(argv)
+    except _user_errors() as e:
         print(f"tfbnas.run: error: {e}", file=sys.stderr)
         sys.exit(1)
-    summary["stage_seconds"] = timer.times
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"\nrun folder: {run_dir}")
 
 
 def cli():
-    tflags.run(main)
+    tflags.run(guarded_main)
 
 
 if __name__ == "__main__":

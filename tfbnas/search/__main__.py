@@ -17,10 +17,7 @@ from tfbnas import flags as tflags
 from tfbnas.search import run_search
 
 FLAGS = flags.FLAGS
-tflags.define_data_flags()
-tflags.define_run_flags()
-tflags.define_space_flags()
-tflags.define_search_flags()
+tflags.define_all()
 
 
 def main(argv):
