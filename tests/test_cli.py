@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,7 +29,7 @@ def error_lines(stderr):
     (["--flagfile=configs/does_not_exist.flags"], "does_not_exist.flags"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(args, expected):
-    result = run_module("tfbnas.run", *args, "--baseline_epochs=0")
+    result = run_module("tfbnas.run", *args)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "flag error" in line]
     assert len(lines) == 1 and expected in lines[0], result.stderr
@@ -36,22 +38,43 @@ def test_bad_flags_give_one_line_and_exit_2(args, expected):
 def test_unwritable_output_dir_and_missing_data(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    result = run_module("tfbnas.run", f"--output_dir={blocker}/run", "--baseline_epochs=0")
+    result = run_module("tfbnas.run", f"--output_dir={blocker}/run")
     assert result.returncode == 1
     assert any("cannot write the run folder" in line and "--output_dir" in line for line in result.stderr.splitlines())
-    result = run_module("tfbnas.run", "--dataset=cifar10", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}/r",
-                        "--baseline_epochs=0")
+    result = run_module("tfbnas.run", "--dataset=cifar10", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}/r")
     assert result.returncode == 1
     assert any("not prepared" in line and "tfds build cifar10" in line for line in result.stderr.splitlines())
 
 
-def test_main_job_on_real_fashion_mnist(tmp_path):
+def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
+    """The whole pipeline on real Fashion-MNIST at toy size; Ctrl-C during training, then --resume."""
     out = tmp_path / "run"
-    result = run_module("tfbnas.run", "--flagfile=configs/fashion_mnist.flags", "--train_examples=6000",
-                        "--test_examples=2000", f"--output_dir={out}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "6000 train = 3000 search-train + 3000 search-val, 2000 test" in result.stdout
+    args = [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--search_epochs=1",
+            "--train_examples=2048", "--test_examples=512", "--epochs=2", "--parent_epochs=1",
+            "--parity_examples=128", "--benchmark_runs=3", f"--output_dir={out}"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = out / "train" / "checkpoints"
+    deadline = time.time() + 900
+    while not (checkpoints.exists() and any(checkpoints.rglob("*.index"))) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "resume with python -m tfbnas.run --resume=" in stderr
+    assert "2048 train = 1024 search-train + 1024 search-val, 512 test" in stdout
+    assert (out / "search" / "genotype.json").exists() and not (out / "report.md").exists()
+
+    result = run_module("tfbnas.run", f"--resume={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "search: finished earlier, kept" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["baseline"]["test_accuracy"] > 0.5  # chance is 0.1
-    flags_txt = (out / "flags.txt").read_text()
-    assert "--train_examples=6000" in flags_txt and "--dataset=fashion_mnist" in flags_txt
+    child = summary["train"]["child"]
+    assert child["top1"] > 0.2  # chance is 0.1 (std 0.013 on 512 images); 2 tiny epochs
+    assert summary["deploy"]["agreement"] >= 0.99 and summary["deploy"]["binary_convs"] > 0
+    assert all(row["median_ms"] > 0 for row in summary["latency"])
+    report = (out / "report.md").read_text()
+    for picture in ("search/cell_normal.png", "search/alphas.png", "train/curves.png"):
+        assert picture in report and (out / picture).exists()
+    assert "Child test top-1" in result.stdout and "TFLite" in result.stdout
+    assert (out / "deploy" / "child.tflite").exists() and (out / "train" / "child.keras").exists()
