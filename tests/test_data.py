@@ -70,7 +70,7 @@ def test_split_sizes_are_halves_and_disjoint():
     assert full.sizes == {"train": 60000, "search_train": 30000, "search_val": 30000, "test": 10000}
     # one epoch of each half, without augmentation, covers disjoint image sets
     (x, y), _ = data.load_arrays("fashion_mnist")
-    x, y = data._subset(x, y, 1000, 0)
+    x, y = data.subset(x, y, 1000, 0)
     info = data.dataset_info("fashion_mnist")
     order = np.random.RandomState(2).permutation(1000)
     first, second = set(order[:500].tolist()), set(order[500:].tolist())

@@ -389,8 +389,8 @@ def epoch_stream(images, labels, info: DatasetInfo, batch_size: int, seed: int, 
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _subset(images, labels, count: Optional[int], seed: int):
-    """A class-balanced-by-chance fixed subset of ``count`` examples (all when None)."""
+def subset(images, labels, count: Optional[int], seed: int):
+    """A fixed random subset of ``count`` examples (all when None)."""
     if not count or count >= len(images):
         return images, labels
     index = np.random.RandomState(seed).permutation(len(images))[:count]
@@ -430,8 +430,8 @@ def make_splits(name: str = "fashion_mnist", batch_size: int = 64, data_dir: Opt
         return _streaming_splits(name, info, batch_size, data_dir, train_examples, test_examples, seed,
                                  download, eval_batch_size)
     (x_train, y_train), (x_test, y_test) = load_arrays(name, data_dir, download)
-    x_train, y_train = _subset(x_train, y_train, train_examples, seed)
-    x_test, y_test = _subset(x_test, y_test, test_examples, seed + 1)
+    x_train, y_train = subset(x_train, y_train, train_examples, seed)
+    x_test, y_test = subset(x_test, y_test, test_examples, seed + 1)
     half = np.random.RandomState(seed + 2).permutation(len(x_train))
     first, second = np.sort(half[: len(half) // 2]), np.sort(half[len(half) // 2:])
     eval_bs = eval_batch_size or batch_size

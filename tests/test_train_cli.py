@@ -1,0 +1,125 @@
+"""``python -m tfbnas.train`` end to end on real Fashion-MNIST: every artefact, the space flags taken
+from the search run, resume after a kill, and one-line errors for a mismatched genotype."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfbnas.models  # noqa: F401  (registers the Child's layers for load_model)
+from tfbnas import data
+from tfbnas.space.genotype import Genotype
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = [sys.executable, "-m", "tfbnas.train"]
+# Tiny recipe: Parent 1 epoch, two-stage (1 + 2 epochs), widths per cell, held-out validation part.
+RECIPE = ["--train_examples=384", "--test_examples=256", "--batch_size=32", "--parent_epochs=1", "--two_stage",
+          "--stage1_epochs=1", "--epochs=2", "--widths=1,0.5,1", "--val_fraction=0.125"]
+
+
+def run(args, timeout=600):
+    return subprocess.run(TRAIN + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def genotype_path(tmp_path_factory):
+    """A search-run folder as ``python -m tfbnas.search`` leaves it: genotype.json + flags.json."""
+    folder = tmp_path_factory.mktemp("search")
+    Genotype("dcp", 1, [("sep_conv_3x3", 0), ("skip_connect", 1)],
+             [("max_pool_3x3", 0), ("dil_conv_3x3", 1)]).save(str(folder / "genotype.json"))
+    (folder / "flags.json").write_text(json.dumps({"preset": "dcp", "init_channels": 4, "num_cells": 3, "nodes": 1,
+                                                   "strategy": "dcp"}))
+    return str(folder / "genotype.json")
+
+
+@pytest.fixture(scope="module")
+def reference(genotype_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    result = run([f"--genotype={genotype_path}", "--flagfile=configs/fashion_mnist.flags", *RECIPE,
+                  f"--output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def rows(run_dir):
+    with open(run_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_writes_every_artefact(reference):
+    out, result = reference
+    for name in ("flags.txt", "flags.json", "genotype.json", "space.json", "history.csv", "curves.png",
+                 "parent.keras", "child.keras", "metrics.json", "larq_summary.txt", "cost.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [(r["phase"], r["epoch"]) for r in rows(out)] == [("parent", "1"), ("stage1", "1"), ("child", "1"),
+                                                              ("child", "2")]
+    # Space flags came from the search run's flags.json beside the genotype.
+    flags = json.loads((out / "flags.json").read_text())
+    assert (flags["init_channels"], flags["num_cells"], flags["nodes"]) == (4, 3, 1)
+    assert flags["widths"] == [1.0, 0.5, 1.0]
+    assert "flags.json" in json.loads((out / "space.json").read_text())["num_cells"]["from"]
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_top1"] <= metrics["test_top5"] <= 1.0
+    assert metrics["sizes"] == {"train": 336, "val": 48, "test": 256}
+    assert set(metrics["phases"]) == {"parent", "stage1", "child"} and "held-out" in metrics["selection"]
+    assert metrics["cost"]["bops"] > 0 and f"test top-1 {metrics['test_top1']:.4f}" in result.stdout
+
+    # child.keras is the trained 1-bit Child: it loads without extra code and scores what metrics.json says.
+    child = tf.keras.models.load_model(out / "child.keras")
+    assert any(layer.__class__.__name__ == "QuantConv2D" for layer in child.layers)
+    splits = data.make_splits("fashion_mnist", 32, train_examples=384, test_examples=256, seed=0)
+    child.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    assert child.evaluate(splits.test, verbose=0)[1] == pytest.approx(metrics["test_top1"], abs=1e-6)
+    assert "Total params" in (out / "larq_summary.txt").read_text()
+    assert "OPs = BOPs/64 + FLOPs" in (out / "cost.md").read_text()
+
+
+def test_resume_after_kill_matches_the_uninterrupted_run(reference, genotype_path, tmp_path):
+    ref, _ = reference
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(TRAIN + [f"--genotype={genotype_path}", "--flagfile=configs/fashion_mnist.flags",
+                                     *RECIPE, f"--output_dir={out}"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The manager's state file appears once ckpt-1 is complete: Parent and stage 1 done, Child epoch 1 saved.
+    first = out / "checkpoints" / "child" / "checkpoint"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists() and not (out / "checkpoints" / "child" / "ckpt-2.index").exists()
+
+    result = run([f"--resume={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[child] resumed" in result.stdout and "after epoch 1" in result.stdout
+    a = tf.keras.models.load_model(ref / "child.keras").get_weights()
+    b = tf.keras.models.load_model(out / "child.keras").get_weights()
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    m_ref, m_out = (json.loads((d / "metrics.json").read_text()) for d in (ref, out))
+    assert m_out["test_top1"] == m_ref["test_top1"] and m_out["test_top5"] == m_ref["test_top5"]
+    assert [(r["phase"], r["epoch"]) for r in rows(out)] == [(r["phase"], r["epoch"]) for r in rows(ref)]
+
+
+def test_genotype_of_another_preset_fails_in_one_line(genotype_path, tmp_path):
+    result = run([f"--genotype={genotype_path}", "--preset=bats", f"--output_dir={tmp_path / 'x'}"])
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("tfbnas.train")]
+    assert len(lines) == 1 and "genotype field 'preset' is 'dcp'" in lines[0] and "--preset=dcp" in lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+
+
+def test_wrong_cell_count_for_widths_fails_in_one_line(genotype_path, tmp_path):
+    result = run([f"--genotype={genotype_path}", "--widths=1,1,1,1", f"--output_dir={tmp_path / 'x'}"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--widths has 4 values but the Child has num_cells=3" in result.stderr

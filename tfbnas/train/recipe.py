@@ -1,0 +1,853 @@
+"""The Child-training recipe: Parent first, then the 1-bit Child distilled from it, all with ``model.fit``.
+
+:func:`train_child` is one training run (the library entry that ``python -m tfbnas.train`` and the
+main job call); :func:`train_model` is the same recipe for any binary Keras model and a real-valued
+twin (the benchmark trains the hand-designed baseline with it).
+
+A run has up to three phases, each an ordinary ``fit`` with its own optimizer, learning-rate schedule
+and checkpoints (``checkpoints/<phase>/``):
+
+1. ``parent``: the real-valued Parent twin on labels (cross-entropy), unless ``--parent`` gives a
+   trained one.
+2. ``stage1`` (``--two_stage``): the Child with one side binary, as in Real-to-Binary / ReActNet.
+3. ``child``: the fully binary Child, initialised from stage 1 when there is one.
+
+Phases 2 and 3 train through a :class:`~tfbnas.train.distiller.Distiller` with the Parent as a frozen
+teacher (``--distill_alpha`` > 0). Each phase keeps the weights of its best epoch by the accuracy on
+a held-out part of the training set (``--val_fraction``; the test split is never used for choices),
+so the test numbers in ``metrics.json`` are honest. With ``--val_fraction=0`` the last epoch is kept.
+
+Every epoch ends with a checkpoint of the weights, the optimizer state and the epoch counter; a run
+killed at any point continues with ``--resume=RUN`` and, because the data streams are functions of
+``(seed, epoch, step)`` and ops are deterministic, ends with the same weights as an uninterrupted run.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, List, NamedTuple, Optional
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+from tfbnas import data, runs
+from tfbnas.flags import ConfigError
+from tfbnas.space.genotype import Genotype, GenotypeError
+from tfbnas.space.ops import HardTanh, SpaceError
+from tfbnas.train.distiller import Distiller, DistillerError
+from tfbnas.train.schedules import SCHEDULES, ScheduleError, make_schedule
+
+PHASES = ("parent", "stage1", "child")
+STAGE1_MODES = ("activations", "weights")
+OPTIMIZERS = ("adam", "sgd")
+DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
+SPACE_FIELDS = ("preset", "init_channels", "num_cells", "nodes")
+SPACE_DEFAULTS = {"init_channels": 16, "num_cells": 8}
+HISTORY_FIELDS = ("phase", "epoch", "lr", "loss", "ce_loss", "kd_loss", "accuracy", "top5", "val_loss",
+                  "val_accuracy", "val_top5", "seconds")
+
+USER_ERRORS = (ConfigError, data.DatasetNotFoundError, data.IdxFormatError, runs.RunDirError, GenotypeError,
+               SpaceError, ScheduleError, DistillerError)
+
+
+# ------------------------------------------------------------------------------------------- flags
+
+
+def _define_once(define, name, *args, **kwargs):
+    if name not in flags.FLAGS:
+        define(name, *args, **kwargs)
+
+
+def define_train_flags():
+    """Flags of ``python -m tfbnas.train`` (besides the data, run and space groups of :mod:`tfbnas.flags`)."""
+    d = _define_once
+    d(flags.DEFINE_string, "genotype", None, "genotype.json of a search run (python -m tfbnas.search writes "
+                                             "RUN/genotype.json); the space flags default to RUN/flags.json.")
+    d(flags.DEFINE_list, "widths", None, "Per-cell channel multipliers of the Child, one per cell (e.g. 0.5,1,1).")
+    d(flags.DEFINE_integer, "epochs", 10, "Epochs of the Child (of each stage with --two_stage).", lower_bound=1)
+    d(flags.DEFINE_integer, "parent_epochs", None, "Epochs of the real-valued Parent teacher (default: --epochs; "
+                                                   "0: no teacher).", lower_bound=0)
+    d(flags.DEFINE_string, "parent", None, "A trained Parent (.keras) to use as teacher instead of training one.")
+    d(flags.DEFINE_bool, "init_from_parent", False, "Start the Child from the Parent's weights (same shapes).")
+    d(flags.DEFINE_float, "distill_alpha", 0.9, "Weight of the distillation term (1 - alpha weights the "
+                                                "cross-entropy); 0: labels only.", lower_bound=0.0, upper_bound=1.0)
+    d(flags.DEFINE_float, "distill_temperature", 4.0, "Softmax temperature T of the distillation term.",
+      lower_bound=1e-3)
+    d(flags.DEFINE_bool, "two_stage", False, "Two-stage training (Real-to-Binary/ReActNet): one side binary first, "
+                                             "then fully binary from the stage-1 weights.")
+    d(flags.DEFINE_integer, "stage1_epochs", None, "Epochs of stage 1 (default: --epochs).", lower_bound=1)
+    d(flags.DEFINE_enum, "stage1_binary", "activations", list(STAGE1_MODES),
+      "What is binary in stage 1: 'activations' (binary activations, real weights: the papers' order) or "
+      "'weights' (binary weights, real activations).")
+    d(flags.DEFINE_enum, "optimizer", "adam", list(OPTIMIZERS), "Optimizer of every phase.")
+    d(flags.DEFINE_float, "lr", None, "Peak learning rate (default: 2e-3 for adam, 0.05 for sgd).", lower_bound=0.0)
+    d(flags.DEFINE_enum, "lr_schedule", "cosine", list(SCHEDULES), "Learning-rate schedule of each phase.")
+    d(flags.DEFINE_integer, "warmup_epochs", 0, "Linear warm-up epochs of the cosine schedule.", lower_bound=0)
+    d(flags.DEFINE_float, "weight_decay", 5e-5, "Decoupled weight decay of real-valued kernels (never latent binary "
+                                                "kernels, BatchNorm or biases).", lower_bound=0.0)
+    d(flags.DEFINE_float, "momentum", 0.9, "SGD momentum.", lower_bound=0.0)
+    d(flags.DEFINE_float, "val_fraction", 0.1, "Share of the training set held out to pick the best epoch "
+                                               "(0: keep the last epoch).", lower_bound=0.0, upper_bound=0.5)
+    d(flags.DEFINE_integer, "steps_per_epoch", None, "Steps per epoch (default: one pass over the training part).",
+      lower_bound=1)
+    d(flags.DEFINE_bool, "deterministic", True, "Deterministic ops (exact resume; slightly slower).")
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on (the flags of ``python -m tfbnas.train``).
+
+    Space fields left ``None`` are taken from the search run's ``flags.json`` beside the genotype,
+    then (``preset``, ``nodes``) from the genotype itself, then from the defaults.
+    """
+
+    genotype: Optional[str] = None
+    dataset: str = "fashion_mnist"
+    data_dir: Optional[str] = None
+    download: bool = False
+    train_examples: Optional[int] = None
+    test_examples: Optional[int] = None
+    batch_size: int = 64
+    seed: int = 0
+    preset: Optional[str] = None
+    init_channels: Optional[int] = None
+    num_cells: Optional[int] = None
+    nodes: Optional[int] = None
+    widths: Optional[List[float]] = None
+    epochs: int = 10
+    parent_epochs: Optional[int] = None
+    parent: Optional[str] = None
+    init_from_parent: bool = False
+    distill_alpha: float = 0.9
+    distill_temperature: float = 4.0
+    two_stage: bool = False
+    stage1_epochs: Optional[int] = None
+    stage1_binary: str = "activations"
+    optimizer: str = "adam"
+    lr: Optional[float] = None
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 0
+    weight_decay: float = 5e-5
+    momentum: float = 0.9
+    val_fraction: float = 0.1
+    steps_per_epoch: Optional[int] = None
+    deterministic: bool = True
+
+    @classmethod
+    def from_flags(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr else DEFAULT_LR[self.optimizer]
+
+    def phase_epochs(self, phase: str) -> int:
+        if phase == "parent":
+            return self.epochs if self.parent_epochs is None else self.parent_epochs
+        if phase == "stage1":
+            return self.stage1_epochs or self.epochs
+        return self.epochs
+
+    def check(self):
+        """Raise :class:`ConfigError` for values no run can use."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer={self.optimizer} is unknown; use one of {list(OPTIMIZERS)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"--lr_schedule={self.lr_schedule} is unknown; use one of {list(SCHEDULES)}")
+        if self.stage1_binary not in STAGE1_MODES:
+            raise ConfigError(f"--stage1_binary={self.stage1_binary} is unknown; use one of {list(STAGE1_MODES)}")
+        if not 0.0 <= self.val_fraction <= 0.5:
+            raise ConfigError(f"--val_fraction={self.val_fraction} must be in [0, 0.5]")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"--distill_alpha={self.distill_alpha} must be in [0, 1]")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"--distill_temperature={self.distill_temperature} must be > 0")
+        for phase in PHASES:
+            if self.warmup_epochs and self.lr_schedule == "cosine" and self.phase_epochs(phase) and \
+                    self.warmup_epochs >= self.phase_epochs(phase):
+                raise ConfigError(f"--warmup_epochs={self.warmup_epochs} must be fewer than the {phase} epochs "
+                                  f"({self.phase_epochs(phase)})")
+
+
+class TrainResult(NamedTuple):
+    """What a training run produced: the trained models, ``metrics.json`` as a dict and the folder."""
+
+    model: tf.keras.Model
+    parent: Optional[tf.keras.Model]
+    metrics: dict
+    run_dir: str
+
+
+# -------------------------------------------------------------------------------- genotype + space
+
+
+def _read_search_flags(genotype_path: str):
+    path = os.path.join(os.path.dirname(os.path.abspath(genotype_path)), "flags.json")
+    if not os.path.exists(path):
+        return {}, None
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read the search flags {path} ({e}); fix or delete it, or pass the space flags "
+                          "(--preset, --init_channels, --num_cells, --nodes) explicitly") from None
+    return (values if isinstance(values, dict) else {}), path
+
+
+def resolve_space(config: TrainConfig):
+    """Load the genotype and settle the space fields of ``config``.
+
+    Returns:
+        ``(config, genotype, sources)``: a copy of ``config`` with concrete ``preset``,
+        ``init_channels``, ``num_cells`` and ``nodes``, the :class:`Genotype`, and where each field
+        came from.
+
+    Raises:
+        ConfigError: no genotype, a genotype of another preset or node count than the space flags,
+            or ``widths`` with a wrong number of cells (the message names the field).
+        GenotypeError: unreadable or invalid genotype file.
+    """
+    if not config.genotype:
+        raise ConfigError("--genotype is required: pass the genotype.json of a search run "
+                          "(`python -m tfbnas.search --flagfile=configs/smoke.flags` writes RUN/genotype.json)")
+    genotype = Genotype.load(config.genotype)
+    search_flags, flags_path = _read_search_flags(config.genotype)
+    values, sources = {}, {}
+    for name in SPACE_FIELDS:
+        value, source = getattr(config, name), f"--{name}"
+        if value is None and search_flags.get(name) is not None:
+            value, source = search_flags[name], f"--{name} in {flags_path}"
+        if value is None and name in ("preset", "nodes"):
+            value, source = getattr(genotype, name), "the genotype"
+        if value is None:
+            value, source = SPACE_DEFAULTS[name], f"the default --{name}"
+        values[name], sources[name] = value, source
+    for name in ("preset", "nodes"):
+        if getattr(genotype, name) != values[name]:
+            raise ConfigError(
+                f"genotype field '{name}' is {getattr(genotype, name)!r} in {config.genotype} but {sources[name]} "
+                f"says {values[name]!r}: pass the genotype of a {name}={values[name]!r} search or set "
+                f"--{name}={getattr(genotype, name)}")
+    widths = config.widths
+    if widths is not None:
+        try:
+            widths = [float(w) for w in widths]
+        except (TypeError, ValueError):
+            raise ConfigError(f"--widths={','.join(map(str, config.widths))} must be numbers, e.g. 0.5,1,1") from None
+        if len(widths) != values["num_cells"]:
+            raise ConfigError(f"--widths has {len(widths)} values but the Child has num_cells={values['num_cells']} "
+                              f"(from {sources['num_cells']}): give one multiplier per cell")
+        if not all(np.isfinite(w) and w > 0 for w in widths):
+            raise ConfigError(f"--widths={','.join(map(str, widths))} must be positive multipliers")
+    return dataclasses.replace(config, widths=widths, **values), genotype, sources
+
+
+# ------------------------------------------------------------------------------------ model surgery
+
+
+def _is_binary(quantizer) -> bool:
+    if quantizer is None:
+        return False
+    if getattr(quantizer, "precision", None) == 1:
+        return True
+    return quantizer in (lq.quantizers.ste_sign, lq.math.sign)
+
+
+def _requantize(model: tf.keras.Model, update: Callable[[dict], dict], name: str) -> tf.keras.Model:
+    """Clone ``model`` with ``update`` applied to the config of every Larq quantized conv/dense
+    layer whose input and kernel quantizers are binary, and copy the weights."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if "input_quantizer" in config and "kernel_quantizer" in config and \
+                _is_binary(getattr(layer, "input_quantizer", None)) and \
+                _is_binary(getattr(layer, "kernel_quantizer", None)):
+            config = update(dict(config))
+        return layer.__class__.from_config(config)
+
+    clone_ = tf.keras.models.clone_model(model, clone_function=clone)
+    twin = tf.keras.Model(clone_.inputs, clone_.outputs, name=name)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def stage1_model(model: tf.keras.Model, binary: str = "activations") -> tf.keras.Model:
+    """The stage-1 network of two-stage training: ``model`` with one side of each binary conv real.
+
+    Args:
+        model: a 1-bit model (binary ``QuantConv2D``/``QuantDense`` layers).
+        binary: ``"activations"``: binary activations and real weights (Real-to-Binary and ReActNet's
+            first step); ``"weights"``: binary weights and real activations (input quantizer off).
+
+    Returns:
+        A new model with the same layers, names and weight shapes and ``model``'s weights, so
+        ``model.set_weights(stage1.get_weights())`` starts stage 2 from it.
+
+    Example:
+        >>> stage1 = stage1_model(child, "activations")
+        >>> stage1.fit(x, y); child.set_weights(stage1.get_weights())
+    """
+    if binary == "activations":
+        def update(config):
+            return {**config, "kernel_quantizer": None}
+    elif binary == "weights":
+        def update(config):
+            return {**config, "input_quantizer": None}
+    else:
+        raise ConfigError(f"stage-1 mode {binary!r} is unknown; use one of {list(STAGE1_MODES)}")
+    return _requantize(model, update, f"{model.name}_stage1")
+
+
+def real_twin(model: tf.keras.Model) -> tf.keras.Model:
+    """A real-valued twin of a 1-bit model, to train as its teacher.
+
+    Every binary conv gets hard-tanh activations (the sign's straight-through gradient), a real
+    kernel and zero padding, as :func:`tfbnas.models.build_parent` does for a Child.
+
+    Args:
+        model: a Functional or Sequential 1-bit model (binary Larq conv/dense layers).
+
+    Returns:
+        A new model with the same layers and weight shapes, holding ``model``'s current weights.
+
+    Example:
+        >>> model = binary_resnet((28, 28, 1), 10)
+        >>> teacher = real_twin(model)
+        >>> train_model(model, teacher, TrainConfig(epochs=5), "runs/baseline")
+    """
+    def update(config):
+        return {**config, "input_quantizer": HardTanh(), "kernel_quantizer": None,
+                **({"pad_values": 0.0} if "pad_values" in config else {})}
+
+    return _requantize(model, update, f"{model.name}_real")
+
+
+def decayed_variables(model: tf.keras.Model) -> List[tf.Variable]:
+    """The trainable variables that get weight decay: real-valued kernels only.
+
+    A kernel behind a kernel quantizer (a latent binary kernel of ``QuantConv2D``) never decays
+    (decay would pull latent weights to zero and flip signs at random); BatchNorm parameters and
+    biases never decay either.
+    """
+    decayed, seen = [], set()
+    for layer in model.submodules:
+        if not isinstance(layer, tf.keras.layers.Layer):
+            continue
+        for attr, quantizer_attr in (("kernel", "kernel_quantizer"), ("depthwise_kernel", "depthwise_quantizer"),
+                                     ("pointwise_kernel", "pointwise_quantizer")):
+            var = getattr(layer, attr, None)
+            if not isinstance(var, tf.Variable) or not var.trainable or id(var) in seen:
+                continue
+            if getattr(layer, quantizer_attr, None) is not None:
+                continue
+            seen.add(id(var))
+            decayed.append(var)
+    return decayed
+
+
+def make_optimizer(config: TrainConfig, total_steps: int, model: tf.keras.Model,
+                   warmup_steps: int = 0) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of one phase, built for ``model``'s trainable variables.
+
+    Weight decay is decoupled (``w -= lr * weight_decay * w``: AdamW for Adam, L2 for SGD) and
+    applies to :func:`decayed_variables` only.
+    """
+    schedule = make_schedule(config.lr_schedule, config.peak_lr, total_steps, warmup_steps)
+    decay = config.weight_decay or None
+    if config.optimizer == "adam":
+        optimizer = tf.keras.optimizers.Adam(schedule, weight_decay=decay)
+    else:
+        optimizer = tf.keras.optimizers.SGD(schedule, momentum=config.momentum, nesterov=True, weight_decay=decay)
+    variables = model.trainable_variables
+    if decay:
+        keep = {id(v) for v in decayed_variables(model)}
+        optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in keep])
+    optimizer.build(variables)
+    return optimizer
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+class TrainData:
+    """The pipelines of a training run: a train stream that can start at any epoch, a held-out
+    validation part (or None), the test split, the dataset info and the split sizes."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
+        self.eval_batch_size = max(config.batch_size, 256)
+        self._splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
+                                        config.test_examples, config.seed, config.download,
+                                        eval_batch_size=self.eval_batch_size)
+        self.test = self._splits.test
+        self.val = None
+        self._arrays = None
+        n_train = self._splits.sizes["train"]
+        if config.val_fraction > 0:
+            if config.dataset == "imagenet2012" or config.dataset not in data.KNOWN_DATASETS:
+                raise ConfigError(f"--val_fraction={config.val_fraction} needs an in-memory dataset; for "
+                                  f"{config.dataset} pass --val_fraction=0 (the last epoch is kept)")
+            (x, y), _ = data.load_arrays(config.dataset, config.data_dir, config.download)
+            x, y = data.subset(x, y, config.train_examples, config.seed)
+            order = np.random.RandomState(config.seed + 3).permutation(len(x))
+            n_val = int(round(config.val_fraction * len(x)))
+            if n_val < 1 or len(x) - n_val < config.batch_size:
+                raise ConfigError(f"--val_fraction={config.val_fraction} of {len(x)} training examples leaves "
+                                  f"{n_val} for validation and {len(x) - n_val} for training (batch "
+                                  f"{config.batch_size}); change --val_fraction or --train_examples")
+            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            self._arrays = (x[train_idx], y[train_idx])
+            self.val = data.epoch_stream(x[val_idx], y[val_idx], self.info, self.eval_batch_size, config.seed,
+                                         train=False)
+            n_train = len(train_idx)
+        self.sizes = {"train": n_train, "val": self._splits.sizes["train"] - n_train,
+                      "test": self._splits.sizes["test"]}
+        self.epoch_steps = n_train // config.batch_size
+        if self.epoch_steps < 1:
+            raise ConfigError(f"{n_train} training examples are fewer than one batch of {config.batch_size}; "
+                              "lower --batch_size or raise --train_examples")
+        self.steps_per_epoch = config.steps_per_epoch or self.epoch_steps
+
+    def train(self, initial_epoch: int) -> tf.data.Dataset:
+        """The training stream positioned at the start of epoch ``initial_epoch`` (0-based)."""
+        start_epoch, skip = initial_epoch, 0
+        if self.steps_per_epoch != self.epoch_steps:
+            start_epoch, skip = divmod(initial_epoch * self.steps_per_epoch, self.epoch_steps)
+        c = self.config
+        if self._arrays is not None:
+            return data.epoch_stream(*self._arrays, self.info, c.batch_size, c.seed, train=True,
+                                     start_epoch=start_epoch, skip_batches=skip)
+        return data.make_splits(c.dataset, c.batch_size, c.data_dir, c.train_examples, c.test_examples, c.seed,
+                                c.download, start_epoch=start_epoch, skip_batches=skip).train
+
+
+def _metrics():
+    return ["accuracy", tf.keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")]
+
+
+def _ce():
+    return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _write_json(path, value):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _read_history(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_history(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class PhaseRecorder(tf.keras.callbacks.Callback):
+    """End of every epoch: history row, best weights (by ``val_accuracy``), then the checkpoint.
+
+    Args:
+        phase: phase name (a column of ``history.csv``).
+        model: the network whose weights are kept (the student inside a Distiller).
+        manager: ``tf.train.CheckpointManager`` of the phase (model, optimizer, counters).
+        state: the phase's ``tf.Variable`` counters ``epoch``, ``best`` and ``best_epoch``.
+        best_path: file of the best weights.
+        history_path: ``history.csv`` of the run.
+        total_epochs: epochs of the phase (for the log line).
+        log: where one line per epoch goes.
+    """
+
+    def __init__(self, phase, model, manager, state, best_path, history_path, total_epochs, log=print):
+        super().__init__()
+        self.phase, self.net, self.manager, self.state = phase, model, manager, state
+        self.best_path, self.history_path, self.total_epochs, self.log = best_path, history_path, total_epochs, log
+        self._start = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        optimizer = self.model.optimizer
+        lr = optimizer.learning_rate
+        if callable(lr):
+            lr = lr(optimizer.iterations)
+        row = {"phase": self.phase, "epoch": epoch + 1, "lr": float(lr), "seconds": round(time.time() - self._start, 2)}
+        row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS})
+        note = ""
+        val = logs.get("val_accuracy")
+        if val is not None and float(val) > float(self.state["best"].numpy()):
+            self.state["best"].assign(float(val))
+            self.state["best_epoch"].assign(epoch + 1)
+            self.net.save_weights(self.best_path)
+            note = " (best so far)"
+        rows = _read_history(self.history_path) + [row]
+        _write_history(self.history_path, rows)
+        self.state["epoch"].assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+        if val is not None:
+            self.log(f"[{self.phase}] epoch {epoch + 1}/{self.total_epochs}: val top-1 {float(val):.4f}{note}; "
+                     f"checkpoint saved")
+
+
+def _truncate_history(path, phase, epochs_done, drop_later):
+    """Drops rows a resumed phase will write again (and, if it trains again, rows of later phases)."""
+    rows = _read_history(path)
+    later = PHASES[PHASES.index(phase) + 1:] if drop_later else ()
+    kept = [r for r in rows if r["phase"] not in later and not (r["phase"] == phase and int(r["epoch"]) > epochs_done)]
+    if len(kept) != len(rows):
+        _write_history(path, kept)
+
+
+def _fit_verbose(verbose):
+    if verbose is not None:
+        return verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
+def run_phase(phase: str, model: tf.keras.Model, teacher: Optional[tf.keras.Model], config: TrainConfig,
+              train_data: TrainData, run_dir: str, resume: bool = False, log=print, verbose=None) -> dict:
+    """Train ``model`` for one phase with ``fit`` (through a :class:`Distiller` when ``teacher``).
+
+    Resumes from the phase's last checkpoint when ``resume``; a finished phase only restores. Ends
+    with the weights of the best epoch by validation accuracy (or of the last epoch without a
+    validation part).
+
+    Returns:
+        ``{"epochs", "best_val_top1", "best_epoch", "seconds"}``.
+    """
+    start = time.time()
+    epochs = config.phase_epochs(phase)
+    steps = train_data.steps_per_epoch
+    warmup = config.warmup_epochs * steps if config.lr_schedule == "cosine" else 0
+    optimizer = make_optimizer(config, epochs * steps, model, warmup)
+    if teacher is not None and config.distill_alpha > 0:
+        fit_model = Distiller(model, teacher, alpha=config.distill_alpha, temperature=config.distill_temperature,
+                              name=f"{phase}_distiller")
+        fit_model.compile(optimizer, metrics=_metrics())
+    else:
+        fit_model = model
+        fit_model.compile(optimizer, loss=_ce(), metrics=_metrics())
+    state = {"epoch": tf.Variable(0, dtype=tf.int64), "best": tf.Variable(-1.0, dtype=tf.float32),
+             "best_epoch": tf.Variable(0, dtype=tf.int64)}
+    ckpt_dir = os.path.join(run_dir, "checkpoints", phase)
+    os.makedirs(ckpt_dir, exist_ok=True)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer, **state), ckpt_dir,
+                                         max_to_keep=1)
+    best_path = os.path.join(ckpt_dir, "best.weights.h5")
+    history_path = os.path.join(run_dir, "history.csv")
+    initial_epoch = 0
+    if resume and manager.latest_checkpoint:
+        try:
+            manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}): the checkpoint is "
+                              "corrupt or from another configuration; start a new --output_dir") from None
+        initial_epoch = int(state["epoch"].numpy())
+        log(f"[{phase}] resumed from {manager.latest_checkpoint} after epoch {initial_epoch}")
+    _truncate_history(history_path, phase, initial_epoch, drop_later=initial_epoch < epochs)
+    if initial_epoch < epochs:
+        log(f"[{phase}] {epochs} epochs x {steps} steps, {config.optimizer} lr {config.peak_lr:g} "
+            f"({config.lr_schedule}), {'distilled from the Parent' if fit_model is not model else 'labels only'}")
+        recorder = PhaseRecorder(phase, model, manager, state, best_path, history_path, epochs, log)
+        fit_model.fit(train_data.train(initial_epoch), epochs=epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=steps, validation_data=train_data.val, callbacks=[recorder],
+                      verbose=_fit_verbose(verbose))
+    best_epoch = int(state["best_epoch"].numpy())
+    if train_data.val is not None and best_epoch and os.path.exists(best_path):
+        model.load_weights(best_path)
+        log(f"[{phase}] kept epoch {best_epoch} (val top-1 {float(state['best'].numpy()):.4f})")
+    return {"epochs": epochs, "best_val_top1": float(state["best"].numpy()) if best_epoch else None,
+            "best_epoch": best_epoch or epochs, "seconds": round(time.time() - start, 1)}
+
+
+def evaluate(model: tf.keras.Model, dataset) -> dict:
+    """Top-1, top-5 and cross-entropy of ``model`` (logits) on ``dataset``."""
+    model.compile(loss=_ce(), metrics=_metrics())
+    loss, top1, top5 = model.evaluate(dataset, verbose=0)
+    return {"top1": float(top1), "top5": float(top5), "loss": float(loss)}
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def plot_history(history_path: str, png_path: str):
+    """Loss and top-1 (train and validation) per epoch, all phases side by side."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = _read_history(history_path)
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    offset = 0
+    for phase in PHASES:
+        table = [r for r in rows if r["phase"] == phase]
+        if not table:
+            continue
+        x = [offset + int(r["epoch"]) for r in table]
+
+        def series(key):
+            return [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in table]
+
+        color = f"C{PHASES.index(phase)}"
+        ax_loss.plot(x, series("loss"), marker="o", color=color, label=f"{phase} train")
+        ax_loss.plot(x, series("val_loss"), marker="x", linestyle="--", color=color, label=f"{phase} val (CE)")
+        ax_acc.plot(x, series("accuracy"), marker="o", color=color, label=f"{phase} train")
+        ax_acc.plot(x, series("val_accuracy"), marker="x", linestyle="--", color=color, label=f"{phase} val")
+        offset = x[-1]
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(offset + 0.5, color="0.8", linewidth=0.8)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("top-1 accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch (phases in order)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+
+
+def write_model_reports(model: tf.keras.Model, run_dir: str) -> dict:
+    """``larq_summary.txt`` and ``cost.md`` of ``model``; returns the cost totals."""
+    from tfbnas.cost import model_cost
+
+    lines = []
+    lq.models.summary(model, print_fn=lines.append)
+    with open(os.path.join(run_dir, "larq_summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    report = model_cost(model)
+    with open(os.path.join(run_dir, "cost.md"), "w") as f:
+        f.write(report.to_markdown() + "\n\n" + report.summary_line() + "\n")
+    return report.totals()
+
+
+# --------------------------------------------------------------------------------------- the recipe
+
+
+def train_model(model: tf.keras.Model, parent: Optional[tf.keras.Model] = None, config: TrainConfig = None,
+                run_dir: str = ".", resume: bool = False, parent_trained: bool = False,
+                train_data: Optional[TrainData] = None, name: str = "child", log=print, verbose=None) -> TrainResult:
+    """Train a 1-bit ``model`` with the recipe (Parent teacher, optional two stages) into ``run_dir``.
+
+    Args:
+        model: the 1-bit network (e.g. :func:`tfbnas.models.build_child` or
+            :func:`tfbnas.baselines.binary_resnet`), logits out; its current weights are the start.
+        parent: its real-valued twin (:func:`tfbnas.models.build_parent` or :func:`real_twin`), or
+            None for labels-only training.
+        config: the recipe; its data fields pick the data when ``train_data`` is None.
+        run_dir: folder of checkpoints and outputs.
+        resume: continue from the checkpoints in ``run_dir``.
+        parent_trained: ``parent`` is already trained (skip the ``parent`` phase).
+        train_data: pipelines to reuse (built from ``config`` when None).
+        name: file stem of the trained model (``<name>.keras``).
+        log: where progress lines go.
+        verbose: ``fit`` verbosity (default: progress bar on a terminal, one line per epoch otherwise).
+
+    Returns:
+        A :class:`TrainResult`. ``run_dir`` gets ``<name>.keras``, ``parent.keras``, ``history.csv``,
+        ``curves.png``, ``metrics.json``, ``larq_summary.txt`` and ``cost.md``.
+    """
+    config = config or TrainConfig()
+    config.check()
+    start = time.time()
+    os.makedirs(run_dir, exist_ok=True)
+    train_data = train_data or TrainData(config)
+    seconds = {}
+    metrics = {"sizes": train_data.sizes, "selection": _selection(train_data), "phases": {}}
+
+    uses_teacher = config.distill_alpha > 0 or config.init_from_parent
+    if parent is not None and not parent_trained:
+        if not uses_teacher or not config.phase_epochs("parent"):
+            log("no Parent phase (--parent_epochs=0 or --distill_alpha=0): training on labels only")
+            parent = None
+        else:
+            phase = run_phase("parent", parent, None, config, train_data, run_dir, resume, log, verbose)
+            metrics["phases"]["parent"] = phase
+            seconds["parent"] = phase["seconds"]
+    if parent is not None:
+        parent.trainable = False
+        metrics["parent_test"] = evaluate(parent, train_data.test)
+        parent.save(os.path.join(run_dir, "parent.keras"))
+        log(f"Parent test top-1 {metrics['parent_test']['top1']:.4f}")
+        if config.init_from_parent:
+            _copy_weights(parent, model)
+    teacher = parent if parent is not None and config.distill_alpha > 0 else None
+
+    if config.two_stage:
+        first = stage1_model(model, config.stage1_binary)
+        phase = run_phase("stage1", first, teacher, config, train_data, run_dir, resume, log, verbose)
+        metrics["phases"]["stage1"] = {**phase, "binary": config.stage1_binary}
+        metrics["stage1_test"] = evaluate(first, train_data.test)
+        seconds["stage1"] = phase["seconds"]
+        model.set_weights(first.get_weights())
+    phase = run_phase("child", model, teacher, config, train_data, run_dir, resume, log, verbose)
+    metrics["phases"]["child"] = phase
+    seconds["child"] = phase["seconds"]
+
+    test = evaluate(model, train_data.test)
+    model.save(os.path.join(run_dir, f"{name}.keras"))  # compiled by evaluate(): loads ready to evaluate
+    metrics.update({"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+                    "val_top1": phase["best_val_top1"], "best_epoch": phase["best_epoch"]})
+    metrics["cost"] = write_model_reports(model, run_dir)
+    plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
+    metrics["seconds"] = {**seconds, "total": round(time.time() - start, 1)}
+    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    log(f"{name} test top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f} ({metrics['selection']})")
+    return TrainResult(model, parent, metrics, run_dir)
+
+
+def _selection(train_data: TrainData) -> str:
+    if train_data.val is None:
+        return "last epoch of each phase (no validation part)"
+    return f"best epoch by top-1 on {train_data.sizes['val']} held-out training examples"
+
+
+def _check_same_shapes(source: tf.keras.Model, target: tf.keras.Model):
+    src, dst = source.get_weights(), target.get_weights()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+        raise ConfigError("--init_from_parent needs a Parent with the Child's weight shapes (build_parent of the "
+                          "same genotype, widths and space flags)")
+
+
+def _copy_weights(source: tf.keras.Model, target: tf.keras.Model):
+    _check_same_shapes(source, target)
+    target.set_weights(source.get_weights())
+
+
+def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
+    """A trained Parent from ``path``, checked against the dataset's input shape and classes."""
+    import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
+
+    if not os.path.exists(path):
+        raise ConfigError(f"--parent={path} does not exist; pass a parent.keras written by a training run")
+    try:
+        parent = tf.keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"--parent={path} is not a loadable Keras model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]})") from None
+    want_in, want_out = (None, *info.image_shape), (None, info.num_classes)
+    if tuple(parent.input_shape) != want_in or tuple(parent.output_shape) != want_out:
+        raise ConfigError(f"--parent={path} maps {parent.input_shape} to {parent.output_shape} but {info.name} needs "
+                          f"{want_in} to {want_out}")
+    return parent
+
+
+def configure_runtime(config: TrainConfig):
+    """Seeds and (optionally) deterministic ops, before any model is built."""
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(config.seed)
+
+
+def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=print, verbose=None) -> TrainResult:
+    """One Child-training run: the genotype's 1-bit Child trained with the recipe into ``run_dir``.
+
+    Args:
+        config: the run's configuration (``genotype`` required; space fields may be None, see
+            :func:`resolve_space`).
+        run_dir: the run folder (created).
+        resume: continue from the run folder's checkpoints.
+        log: where progress lines go.
+        verbose: ``fit`` verbosity.
+
+    Returns:
+        A :class:`TrainResult`; ``run_dir`` also gets ``genotype.json`` and ``space.json`` (the
+        settled space fields).
+
+    Raises:
+        ConfigError, GenotypeError, SpaceError: bad genotype, space flags or recipe values.
+
+    Example:
+        >>> result = train_child(TrainConfig(genotype="runs/s1/genotype.json", epochs=5), "runs/t1")
+        >>> result.metrics["test_top1"]
+    """
+    from tfbnas.models import build_child, build_parent
+
+    config, genotype, sources = resolve_space(config)
+    config.check()
+    configure_runtime(config)
+    os.makedirs(run_dir, exist_ok=True)
+    train_data = TrainData(config)
+    info = train_data.info
+    kwargs = dict(num_classes=info.num_classes, input_shape=info.image_shape, init_channels=config.init_channels,
+                  num_cells=config.num_cells, widths=config.widths)
+    child = build_child(genotype, **kwargs)
+    parent, trained = None, False
+    if config.parent:
+        parent, trained = load_parent(config.parent, info), True
+        if config.init_from_parent:
+            _check_same_shapes(parent, child)
+    elif config.distill_alpha > 0 or config.init_from_parent:
+        parent = build_parent(genotype, **kwargs)
+    genotype.save(os.path.join(run_dir, "genotype.json"))
+    if not (resume and os.path.exists(os.path.join(run_dir, "space.json"))):
+        _write_json(os.path.join(run_dir, "space.json"),
+                    {k: {"value": getattr(config, k), "from": sources[k]} for k in SPACE_FIELDS})
+    log(f"Child: {genotype.preset} genotype, {config.num_cells} cells, C={config.init_channels}, nodes "
+        f"{config.nodes}{', widths ' + ','.join(f'{w:g}' for w in config.widths) if config.widths else ''}; "
+        f"{train_data.sizes['train']} train / {train_data.sizes['val']} val / {train_data.sizes['test']} test")
+    return train_model(child, parent, config, run_dir, resume, parent_trained=trained, train_data=train_data,
+                       name="child", log=log, verbose=verbose)
+
+
+def main_from_flags(FLAGS) -> TrainResult:
+    """``python -m tfbnas.train``: flags → :class:`TrainConfig` → :func:`train_child` (with ``--resume``)."""
+    from tfbnas.flags import flag_values, write_flags
+
+    values = flag_values(["tfbnas"])
+    for name in SPACE_FIELDS:
+        # Space flags not given on the command line (or a flagfile) come from the search run.
+        if name in FLAGS and not FLAGS[name].present:
+            values[name] = None
+    resume = bool(FLAGS.resume)
+    if resume:
+        run_dir = os.path.abspath(FLAGS.resume)
+        saved = os.path.join(run_dir, "flags.json")
+        if not os.path.exists(saved):
+            raise ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a training run folder")
+        # The saved flags (settled space included) define the run; the genotype is the run's own copy.
+        with open(saved) as f:
+            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+        if os.path.exists(os.path.join(run_dir, "genotype.json")):
+            values["genotype"] = os.path.join(run_dir, "genotype.json")
+        config = TrainConfig.from_flags(values)
+    else:
+        for name in ("genotype", "parent"):
+            if values.get(name):
+                values[name] = os.path.abspath(values[name])
+        config = TrainConfig.from_flags(values)
+        resolved, _, _ = resolve_space(config)  # bad genotype or space flags fail before any folder is made
+        resolved.check()
+        run_dir = runs.make_run_dir(FLAGS.output_dir, "train", FLAGS.dataset)
+        if os.path.isdir(os.path.join(run_dir, "checkpoints")):
+            raise ConfigError(f"{run_dir} already holds a training run; continue it with --resume={run_dir} or "
+                              "choose another --output_dir")
+        write_flags(run_dir, {**values, **{k: getattr(resolved, k) for k in SPACE_FIELDS + ("widths",)}})
+    result = train_child(config, run_dir, resume=resume)
+    print(f"\ntest top-1 {result.metrics['test_top1']:.4f}, top-5 {result.metrics['test_top5']:.4f}")
+    print(f"run folder: {run_dir}")
+    return result
+
+
+__all__ = ["TrainConfig", "TrainResult", "TrainData", "PhaseRecorder", "define_train_flags", "resolve_space",
+           "stage1_model", "real_twin", "decayed_variables", "make_optimizer", "run_phase", "evaluate",
+           "train_model", "train_child", "load_parent", "plot_history", "write_model_reports", "main_from_flags",
+           "USER_ERRORS", "PHASES"]
