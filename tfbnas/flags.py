@@ -139,6 +139,8 @@ def define_search_flags():
     d = _define_once
     d(flags.DEFINE_enum, "strategy", "dcp", ["dcp", "bats", "darts"], "Search strategy.")
     d(flags.DEFINE_integer, "search_epochs", 10, "Search epochs.", lower_bound=1)
+    d(flags.DEFINE_integer, "search_examples", None,
+      "Training examples the search uses (a fixed subset; default: --train_examples).", lower_bound=2)
     d(flags.DEFINE_integer, "search_steps_per_epoch", None,
       "Search steps per epoch (default: one pass over search-train).", lower_bound=1)
     d(flags.DEFINE_integer, "arch_frozen_epochs", 0, "Leading epochs that train weights only.", lower_bound=0)

@@ -44,6 +44,7 @@ class SearchConfig:
     nodes: int = 4
     strategy: str = "dcp"
     search_epochs: int = 10
+    search_examples: Optional[int] = None
     search_steps_per_epoch: Optional[int] = None
     arch_frozen_epochs: int = 0
     arch_lr: float = 3e-4
@@ -175,7 +176,8 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
         raise ConfigError(f"--init_channels={config.init_channels} must be even (factorized reduce halves it)")
 
     info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
-    probe = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
+    examples = config.search_examples or config.train_examples
+    probe = data.make_splits(config.dataset, config.batch_size, config.data_dir, examples,
                              config.test_examples, config.seed, config.download)
     steps = config.search_steps_per_epoch or probe.sizes["search_train"] // config.batch_size
     if steps < 1:
@@ -211,7 +213,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
         start_epoch = initial_epoch
         if steps != per_epoch:
             start_epoch, skip = divmod(initial_epoch * steps, per_epoch)
-        splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
+        splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, examples,
                                   config.test_examples, config.seed, config.download, start_epoch=start_epoch,
                                   skip_batches=skip)
         train = tf.data.Dataset.zip((splits.search_train, splits.search_val))
