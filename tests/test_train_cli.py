@@ -20,6 +20,8 @@ from tfbnas.space.genotype import Genotype
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [sys.executable, "-m", "tfbnas.train"]
 # Tiny recipe: Parent 1 epoch, two-stage (1 + 2 epochs), widths per cell, held-out validation part.
+# data flags only: the space (C, cells, nodes) comes from the search run beside the genotype
+DATA_FLAGS = ["--dataset=fashion_mnist", "--batch_size=64", "--seed=0"]
 RECIPE = ["--train_examples=384", "--test_examples=256", "--batch_size=32", "--parent_epochs=1", "--two_stage",
           "--stage1_epochs=1", "--epochs=2", "--widths=1,0.5,1", "--val_fraction=0.125"]
 
@@ -42,7 +44,7 @@ def genotype_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(genotype_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "run"
-    result = run([f"--genotype={genotype_path}", "--flagfile=configs/fashion_mnist.flags", *RECIPE,
+    result = run([f"--genotype={genotype_path}", *DATA_FLAGS, *RECIPE,
                   f"--output_dir={out}"])
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
@@ -86,7 +88,7 @@ def test_cli_writes_every_artefact(reference):
 def test_resume_after_kill_matches_the_uninterrupted_run(reference, genotype_path, tmp_path):
     ref, _ = reference
     out = tmp_path / "killed"
-    proc = subprocess.Popen(TRAIN + [f"--genotype={genotype_path}", "--flagfile=configs/fashion_mnist.flags",
+    proc = subprocess.Popen(TRAIN + [f"--genotype={genotype_path}", *DATA_FLAGS,
                                      *RECIPE, f"--output_dir={out}"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The manager's state file appears once ckpt-1 is complete: Parent and stage 1 done, Child epoch 1 saved.

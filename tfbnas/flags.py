@@ -117,6 +117,19 @@ def flag_values(module_names=None) -> dict:
     return values
 
 
+def saved_flag_values(resume_dir: str, values: dict, kind: str) -> dict:
+    """``values`` updated with the flags a run folder was started with (for ``--resume``).
+
+    Raises:
+        ConfigError: the folder has no ``flags.json`` (it is not a ``kind`` run folder).
+    """
+    saved = os.path.join(resume_dir, "flags.json")
+    if not os.path.exists(saved):
+        raise ConfigError(f"--resume={resume_dir} has no flags.json: it is not a {kind} run folder")
+    with open(saved) as f:
+        return {**values, **{k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")}}
+
+
 def write_flags(run_dir: str, values: dict):
     """Writes ``flags.txt`` (a reusable flagfile) and ``flags.json`` into the run folder."""
     os.makedirs(run_dir, exist_ok=True)

@@ -142,10 +142,7 @@ def main(argv):
     resume = bool(FLAGS.resume)
     if resume:
         run_dir = os.path.abspath(FLAGS.resume)
-        if not os.path.exists(os.path.join(run_dir, "flags.json")):
-            raise tflags.ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a tfbnas.run folder")
-        with open(os.path.join(run_dir, "flags.json")) as f:
-            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+        values = tflags.saved_flag_values(run_dir, values, "tfbnas.run")
     else:
         run_dir = runs.make_run_dir(FLAGS.output_dir, "run", FLAGS.dataset)
         if os.path.exists(os.path.join(run_dir, "flags.json")):

@@ -14,7 +14,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tfbnas import data, runs
-from tfbnas.flags import ConfigError, flag_values, write_flags
+from tfbnas.flags import ConfigError, flag_values, saved_flag_values, write_flags
 from tfbnas.search.callbacks import NanGuard, SearchDiverged, SearchRecorder, StrategySchedule, truncate_records
 from tfbnas.search.distribute import is_chief, make_distribution
 from tfbnas.search.engine import SearchModel
@@ -246,11 +246,7 @@ def main_from_flags(FLAGS):
     resume = bool(FLAGS.resume)
     if resume:
         run_dir = os.path.abspath(FLAGS.resume)
-        saved = os.path.join(run_dir, "flags.json")
-        if not os.path.exists(saved):
-            raise ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a search run folder")
-        with open(saved) as f:
-            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+        values = saved_flag_values(run_dir, values, "search")
     else:
         run_dir = runs.make_run_dir(FLAGS.output_dir, "search", FLAGS.dataset)
         if os.path.exists(os.path.join(run_dir, "checkpoints", "checkpoint")):

@@ -810,7 +810,7 @@ def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=pri
 
 def main_from_flags(FLAGS) -> TrainResult:
     """``python -m tfbnas.train``: flags → :class:`TrainConfig` → :func:`train_child` (with ``--resume``)."""
-    from tfbnas.flags import flag_values, write_flags
+    from tfbnas.flags import flag_values, saved_flag_values, write_flags
 
     values = flag_values(["tfbnas"])
     for name in SPACE_FIELDS:
@@ -820,12 +820,8 @@ def main_from_flags(FLAGS) -> TrainResult:
     resume = bool(FLAGS.resume)
     if resume:
         run_dir = os.path.abspath(FLAGS.resume)
-        saved = os.path.join(run_dir, "flags.json")
-        if not os.path.exists(saved):
-            raise ConfigError(f"--resume={FLAGS.resume} has no flags.json: it is not a training run folder")
         # The saved flags (settled space included) define the run; the genotype is the run's own copy.
-        with open(saved) as f:
-            values.update({k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")})
+        values = saved_flag_values(run_dir, values, "training")
         if os.path.exists(os.path.join(run_dir, "genotype.json")):
             values["genotype"] = os.path.join(run_dir, "genotype.json")
         config = TrainConfig.from_flags(values)
