@@ -9,7 +9,7 @@ OPs, BOPs, FLOPs, parameters and wall time is printed, followed by a summary lin
 Get a genotype from a search run first, e.g. the smoke search (a few minutes on 2 cores)::
 
     python -m tfbnas.search --flagfile=configs/smoke.flags --output_dir=runs/smoke
-    python benchmarks/child_vs_baseline.py runs/smoke/genotype.json --flagfile=configs/fashion_mnist.flags \\
+    python benchmarks/child_vs_baseline.py runs/smoke/genotype.json --dataset=fashion_mnist \\
         --epochs=3 --parent_epochs=1 --init_channels=16 --num_cells=5 --output_dir=runs/bench
 
 Space flags not given default to the search run's flags.json (as in ``python -m tfbnas.train``).
