@@ -1,20 +1,41 @@
 """Search-step speed: how close one supernet step runs to the machine's convolution throughput.
 
     python benchmarks/search_step.py [--configs=smoke,fashion_mnist,cifar] [--presets=dcp,bats] [--steps=10]
+                                     [--plain] [--no_grappler]
 
 For each preset and config it measures, in one run:
 
 (a) the machine's dense-conv throughput: fwd+bwd GFLOP/s of a reference 3x3 conv (64->64 channels,
     28x28, batch 64) as ``tf.nn.conv2d`` in a ``tf.function``;
-(b) the supernet's arithmetic per step: forward FLOPs of the traced Child supernet (TensorFlow's graph
-    profiler, 2 FLOPs per multiply-accumulate), times 3 for forward + backward, times the number of
-    supernet passes of the step (darts: Child arch + Child weight = 2; dcp: + Parent arch + Parent weight = 4);
+(b) the supernet's arithmetic per step, counted on the *plain* supernet (``SuperNet(fused=False)``:
+    one small op per edge and candidate, the op table's definitions), so that zero taps or
+    block-diagonal kernels of the fused form never count as work. Only real arithmetic is counted:
+    the multiply-accumulates of every ``Conv2D``, ``DepthwiseConv2dNative`` and ``MatMul`` of the
+    traced forward pass, x 2 FLOPs, and for the backward passes exactly what each tape needs
+    (TensorFlow records only ops that depend on a watched variable):
+
+    * forward ``F``: every conv/matmul;
+    * architecture tape (watches the alphas only): ``F`` + input gradients of the convs whose input
+      depends on the alphas (``A``; the stem and the first cell's edges from its inputs need none),
+      no kernel gradients;
+    * weight tape: ``F`` + kernel gradients (``F``) + input gradients of every conv but the stem's (``W``).
+
+    darts = one architecture + one weight tape of the Child; dcp = the same for the Parent and the
+    Child (its GGN micro-batches split the same batch). BatchNorm, sign, pooling, padding and the
+    mixing sums are not counted (they are memory traffic, not arithmetic);
 (c) the median wall time of darts and dcp steps (after warm-up), images/s (training + validation
-    images per step) and the achieved fraction of (a);
-plus peak memory (RSS). It ends with one summary line for the default Fashion-MNIST search config.
+    images per step) and the achieved fraction of (a); the tracing time of the step function,
+    the time of its first call (graph optimisation + first run) and its graph size;
+plus peak memory (RSS). ``--plain`` also times the plain supernet side by side (speed-up column).
+
+The machine is shared and noisy, so all steps of one preset and config and the reference conv (a)
+are timed in turns (one step of each, repeated ``--steps`` times): load from other processes hits
+all of them alike and the ratios (fraction of (a), dcp/darts, speed-up) stay meaningful.
+It ends with one summary line for the default Fashion-MNIST search config.
 """
 
 import argparse
+import contextlib
 import os
 import resource
 import statistics
@@ -27,7 +48,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfbnas import data  # noqa: E402
+from tfbnas.search import run_search  # noqa: E402
 from tfbnas.search.run_search import SearchConfig, build_search  # noqa: E402
+from tfbnas.space.supernet import SuperNet  # noqa: E402
 
 # The search configs of configs/*.flags (space and batch); images are synthetic of the right shape.
 CONFIGS = {
@@ -35,6 +58,8 @@ CONFIGS = {
     "fashion_mnist": dict(dataset="fashion_mnist", init_channels=8, num_cells=5, nodes=4, batch_size=64),
     "cifar": dict(dataset="cifar10", init_channels=16, num_cells=8, nodes=4, batch_size=64),
 }
+DEFAULT = ("dcp", "fashion_mnist")  # preset and config of the summary line
+PEAK = dict(channels=64, size=28, batch=64)  # the reference conv of (a)
 
 
 def median_time(fn, steps, warmup=2):
@@ -48,10 +73,11 @@ def median_time(fn, steps, warmup=2):
     return statistics.median(times)
 
 
-def dense_conv_gflops(steps):
-    """fwd+bwd GFLOP/s of the reference conv (2 FLOPs per MAC; backward = 2x forward)."""
-    x = tf.random.normal([64, 28, 28, 64])
-    k = tf.Variable(tf.random.normal([3, 3, 64, 64]) * 0.05)
+def reference_conv():
+    """The reference conv's fwd+bwd step and its FLOPs (2 per MAC; backward = input + kernel gradients)."""
+    c, s, b = PEAK["channels"], PEAK["size"], PEAK["batch"]
+    x = tf.random.normal([b, s, s, c])
+    k = tf.Variable(tf.random.normal([3, 3, c, c]) * 0.05)
 
     @tf.function
     def step():
@@ -61,38 +87,120 @@ def dense_conv_gflops(steps):
             loss = tf.reduce_sum(y * y)
         return tape.gradient(loss, [x, k])
 
-    seconds = median_time(step, steps)
-    flops = 3 * 2 * 3 * 3 * 64 * 64 * 28 * 28 * 64
-    return flops / seconds / 1e9
+    return step, 3 * 2 * 3 * 3 * c * c * s * s * b
 
 
-def forward_flops(net, input_shape, batch):
-    """Forward FLOPs of one supernet call from the traced graph (TensorFlow's profiler)."""
-    fn = tf.function(lambda x: net(x, training=True))
-    graph = fn.get_concrete_function(tf.TensorSpec((batch,) + tuple(input_shape), tf.float32)).graph
-    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    stats = tf.compat.v1.profiler.profile(graph, options=opts)
-    return stats.total_float_ops
+def dense_conv_gflops(steps):
+    """fwd+bwd GFLOP/s of the reference conv, timed alone."""
+    step, flops = reference_conv()
+    return flops / median_time(step, steps) / 1e9
 
 
-def measure(config_name, preset, strategy, steps):
+def _macs(op):
+    """Multiply-accumulates of one conv/matmul op of a traced graph (static shapes)."""
+    if op.type == "MatMul":
+        a = op.inputs[0].shape.as_list()
+        m, k = (a[1], a[0]) if op.get_attr("transpose_a") else (a[0], a[1])
+        return m * k * op.outputs[0].shape.as_list()[-1]
+    out = int(np.prod(op.outputs[0].shape.as_list()))
+    kernel = op.inputs[1].shape.as_list()
+    if op.type == "Conv2D":
+        return out * kernel[0] * kernel[1] * kernel[2]
+    return out * kernel[0] * kernel[1]  # DepthwiseConv2dNative: one input channel per output
+
+
+def _reachable(graph, tensors):
+    seen, stack = set(), list(tensors)
+    while stack:
+        t = stack.pop()
+        if t.ref() in seen:
+            continue
+        seen.add(t.ref())
+        for consumer in t.consumers():
+            stack.extend(consumer.outputs)
+    return seen
+
+
+def plain_arithmetic(preset, spec, info):
+    """``(F, A, W)`` MACs per image of the plain supernet (see the module docstring)."""
+    net = SuperNet(info.num_classes, spec["init_channels"], spec["num_cells"], spec["nodes"], preset, fused=False)
+    x = tf.zeros((1,) + tuple(info.image_shape))
+    net(x)
+    graph = tf.function(lambda t: net(t, training=True)).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32)).graph
+    internal = {id(external): inner for external, inner in graph.captures}
+    alphas = [internal[id(v.handle)] for v in net.arch_variables if id(v.handle) in internal]
+    weights = [internal[id(v.handle)] for v in net.variables if id(v.handle) in internal]
+    from_alphas, from_weights = _reachable(graph, alphas), _reachable(graph, weights)
+    f = a = w = 0
+    for op in graph.get_operations():
+        if op.type not in ("Conv2D", "DepthwiseConv2dNative", "MatMul"):
+            continue
+        macs = _macs(op)
+        f += macs
+        a += macs if op.inputs[0].ref() in from_alphas else 0
+        w += macs if op.inputs[0].ref() in from_weights else 0
+    return f, a, w
+
+
+def step_flops(arith, strategy, batch):
+    f, a, w = arith
+    darts = (f + a) + (2 * f + w)  # architecture tape + weight tape
+    return 2 * batch * darts * (2 if strategy == "dcp" else 1)
+
+
+@contextlib.contextmanager
+def plain_supernets(plain):
+    """Make ``build_search`` build plain supernets (``fused=False``) inside the block."""
+    if not plain:
+        yield
+        return
+    original = run_search.SuperNet
+    run_search.SuperNet = lambda *args, **kwargs: original(*args, fused=False, **kwargs)
+    try:
+        yield
+    finally:
+        run_search.SuperNet = original
+
+
+def prepare(config_name, preset, strategy, plain=False):
+    """A compiled search step of one config: its function, batch, tracing and first-call times, graph size."""
     spec = dict(CONFIGS[config_name])
     info = data.KNOWN_DATASETS[spec.pop("dataset")]
     config = SearchConfig(preset=preset, strategy=strategy, search_epochs=1, dcp_ggn_samples=4, **spec)
-    engine = build_search(config, info, steps_per_epoch=100)
+    tf.keras.utils.set_random_seed(0)
+    with plain_supernets(plain):
+        engine = build_search(config, info, steps_per_epoch=100)
     b = config.batch_size
     rng = np.random.RandomState(0)
     batch = tuple((tf.constant(rng.randn(b, *info.image_shape).astype(np.float32)),
                    tf.constant(rng.randint(0, info.num_classes, b).astype(np.int64))) for _ in range(2))
     step = tf.function(engine.train_step)
     start = time.perf_counter()
+    concrete = step.get_concrete_function(batch)
+    trace = time.perf_counter() - start
+    start = time.perf_counter()
     step(batch)
     first = time.perf_counter() - start
-    seconds = median_time(lambda: step(batch), steps, warmup=1)
-    passes = 4 if strategy == "dcp" else 2
-    flops = 3 * passes * forward_flops(engine.child, info.image_shape, b)
-    return dict(seconds=seconds, first=first, flops=flops, images=2 * b / seconds)
+    return dict(run=lambda: step(batch), trace=trace, first=first, images=2 * b,
+                graph_ops=len(concrete.graph.get_operations()), traces=step.experimental_get_tracing_count())
+
+
+def round_robin(runs, steps):
+    """Median seconds of each callable, timed in turns (the machine's load hits all alike)."""
+    for run in runs.values():
+        run()  # warm-up
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -100,34 +208,61 @@ def main():
     parser.add_argument("--configs", default="smoke,fashion_mnist,cifar")
     parser.add_argument("--presets", default="dcp,bats")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--plain", action="store_true", help="also time the plain supernet (fused=False)")
+    parser.add_argument("--no_grappler", action="store_true",
+                        help="disable grappler's meta optimizer (as --graph_optimizations=false does)")
     args = parser.parse_args()
+    if args.no_grappler:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
-    peak = dense_conv_gflops(args.steps * 3)
-    print(f"reference dense 3x3 conv 64->64, 28x28, batch 64, fwd+bwd: {peak:.1f} GFLOP/s\n")
-    header = (f"{'preset':6} {'config':13} {'strategy':8} {'GFLOP/step':>10} {'step s':>8} {'first s':>8} "
-              f"{'img/s':>8} {'GFLOP/s':>8} {'of peak':>8}")
-    print(header)
-    print("-" * len(header))
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, grappler "
+          f"{'off' if args.no_grappler else 'on'}; steps timed in turns with the reference conv, medians of "
+          f"{args.steps}")
+    ref_step, ref_flops = reference_conv()
+    header = (f"{'preset':6} {'config':13} {'strategy':8} {'form':6} {'GFLOP/step':>10} {'step s':>8} {'img/s':>7} "
+              f"{'GFLOP/s':>8} {'of (a)':>7} {'trace s':>8} {'first s':>8} {'graph ops':>9} {'speed-up':>8}")
     results = {}
+    forms = ("plain", "fused") if args.plain else ("fused",)
     for preset in args.presets.split(","):
         for config_name in args.configs.split(","):
-            for strategy in ("darts", "dcp"):
-                r = measure(config_name, preset, strategy, args.steps)
-                results[(preset, config_name, strategy)] = r
-                rate = r["flops"] / r["seconds"] / 1e9
-                print(f"{preset:6} {config_name:13} {strategy:8} {r['flops'] / 1e9:10.2f} {r['seconds']:8.3f} "
-                      f"{r['first']:8.1f} {r['images']:8.1f} {rate:8.1f} {rate / peak:8.1%}", flush=True)
-            ratio = results[(preset, config_name, "dcp")]["seconds"] / results[(preset, config_name, "darts")]["seconds"]
-            print(f"{'':6} {config_name:13} dcp/darts step-time ratio: {ratio:.2f}")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak RSS: {rss:.0f} MiB")
-    key = ("dcp", "fashion_mnist", "dcp") if ("dcp", "fashion_mnist", "dcp") in results else next(iter(results))
-    darts_key = key[:2] + ("darts",)
-    r, d = results[key], results.get(darts_key, results[key])
-    print(f"SUMMARY {key[0]}/{key[1]}: dcp step {r['flops'] / r['seconds'] / 1e9 / peak:.1%} of dense-conv "
-          f"throughput ({peak:.0f} GFLOP/s), darts step {d['flops'] / d['seconds'] / 1e9 / peak:.1%}; "
-          f"dcp/darts step-time ratio {r['seconds'] / d['seconds']:.2f}; dcp {r['images']:.0f} img/s, "
-          f"darts {d['images']:.0f} img/s; peak RSS {rss:.0f} MiB")
+            spec = CONFIGS[config_name]
+            arith = plain_arithmetic(preset, spec, data.KNOWN_DATASETS[spec["dataset"]])
+            prepared = {(strategy, form): prepare(config_name, preset, strategy, plain=form == "plain")
+                        for strategy in ("darts", "dcp") for form in forms}
+            runs = {key: p["run"] for key, p in prepared.items()}
+            runs["reference"] = ref_step
+            seconds = round_robin(runs, args.steps)
+            peak = ref_flops / seconds.pop("reference") / 1e9
+            print(f"\n(a) {preset}/{config_name}: reference dense 3x3 conv {PEAK['channels']}->{PEAK['channels']}, "
+                  f"{PEAK['size']}x{PEAK['size']}, batch {PEAK['batch']}, fwd+bwd: {peak:.1f} GFLOP/s")
+            print(header)
+            print("-" * len(header))
+            for (strategy, form), p in prepared.items():
+                r = dict(p, seconds=seconds[(strategy, form)], flops=step_flops(arith, strategy, spec["batch_size"]),
+                         peak=peak)
+                r["rate"] = r["flops"] / r["seconds"] / 1e9
+                r["images"] = p["images"] / r["seconds"]
+                results[(preset, config_name, strategy, form)] = r
+                plain_r = results.get((preset, config_name, strategy, "plain"))
+                speedup = f"{plain_r['seconds'] / r['seconds']:7.2f}x" if plain_r and form == "fused" else ""
+                print(f"{preset:6} {config_name:13} {strategy:8} {form:6} {r['flops'] / 1e9:10.2f} "
+                      f"{r['seconds']:8.3f} {r['images']:7.1f} {r['rate']:8.1f} {r['rate'] / peak:7.1%} "
+                      f"{r['trace']:8.1f} {r['first']:8.1f} {r['graph_ops']:9d} {speedup:>8}", flush=True)
+            for form in forms:
+                ratio = (results[(preset, config_name, "dcp", form)]["seconds"]
+                         / results[(preset, config_name, "darts", form)]["seconds"])
+                print(f"{'':6} {config_name:13} {form}: dcp/darts step-time ratio {ratio:.2f}")
+            print(f"peak RSS so far: {rss_mib():.0f} MiB", flush=True)
+            del prepared, runs
+    rss = rss_mib()
+    preset, config_name = DEFAULT
+    if (preset, config_name, "dcp", "fused") not in results:
+        preset, config_name = next(iter(results))[:2]
+    d, r = results[(preset, config_name, "darts", "fused")], results[(preset, config_name, "dcp", "fused")]
+    print(f"\nSUMMARY {preset}/{config_name}: dcp step {r['rate'] / r['peak']:.1%} of dense-conv throughput "
+          f"({r['peak']:.0f} GFLOP/s), darts step {d['rate'] / d['peak']:.1%}; dcp/darts step-time ratio "
+          f"{r['seconds'] / d['seconds']:.2f}; dcp {r['images']:.0f} img/s, darts {d['images']:.0f} img/s; "
+          f"first dcp step {r['trace'] + r['first']:.0f} s (trace {r['trace']:.0f} s); peak RSS {rss:.0f} MiB")
 
 
 if __name__ == "__main__":

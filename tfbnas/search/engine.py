@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from tfbnas.search.distribute import assign_variable, replica_mean
 from tfbnas.search.strategies import Strategy, op_weight_norm
-from tfbnas.space.ops import SearchConvBN
+from tfbnas.space.ops import FusedEdgeOps, SearchConvBN
 from tfbnas.space.supernet import SuperNet
 
 
@@ -35,7 +35,13 @@ def _mean_terms(terms: Dict[str, tf.Tensor]):
 
 def latent_binary_kernels(model: tf.keras.Model) -> List[tf.Variable]:
     """The latent kernels of binary convs (no weight decay: only their sign matters)."""
-    return [m.kernel for m in model.submodules if isinstance(m, SearchConvBN) and hasattr(m, "kernel")]
+    kernels = []
+    for m in model.submodules:
+        if isinstance(m, SearchConvBN) and hasattr(m, "kernel"):
+            kernels.append(m.kernel)
+        elif isinstance(m, FusedEdgeOps) and m.built:
+            kernels.extend(m.binary_kernels)
+    return kernels
 
 
 class SearchModel(tf.keras.Model):
@@ -74,7 +80,6 @@ class SearchModel(tf.keras.Model):
         self.child_binary = True
         self.arch_enabled = True
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
-        self._edge_ops = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -98,6 +103,14 @@ class SearchModel(tf.keras.Model):
                 mine.assign(theirs)
         if hasattr(self.strategy, "build_state"):
             self.strategy.build_state(self.child.arch_variables)
+        # Optimiser slots now, not inside the first trace: a tf.function that creates variables traces twice.
+        nets = [(self.child, self.arch_optimizer, self.weight_optimizer)]
+        if self.parent is not None:
+            nets.append((self.parent, self.parent_arch_optimizer, self.parent_weight_optimizer))
+        for net, arch_optimizer, weight_optimizer in nets:
+            for optimizer, variables in ((arch_optimizer, net.arch_variables), (weight_optimizer, net.weight_variables)):
+                if optimizer is not None and hasattr(optimizer, "build"):
+                    optimizer.build(variables)
         self._decay_vars = self._real_weights(self.child)
         if self.parent is not None:
             self._parent_decay_vars = self._real_weights(self.parent)
@@ -120,29 +133,10 @@ class SearchModel(tf.keras.Model):
 
     def child_edge_weight_norms(self):
         """``R(w_m) = ||w_m||^2`` per (edge, op), averaged over the cells sharing the parameters."""
-        if self._edge_ops is None:
-            self._edge_ops = {False: [], True: []}
-            for cell in self.child.cells:
-                self._edge_ops[cell.reduction].append(cell.edges)
         out = []
         for reduction in (False, True):
-            cells = self._edge_ops[reduction]
-            rows = []
-            for e in range(len(cells[0])):
-                row = []
-                for name in self.child.op_names:
-                    values = []
-                    for edges in cells:
-                        op = edges[e].op(name)
-                        constant = op_weight_norm(op)
-                        if constant is not None:
-                            values.append(tf.constant(constant, tf.float32))
-                        else:
-                            kernels = [v for v in op.trainable_weights if "kernel" in v.name]
-                            values.append(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
-                    row.append(tf.add_n(values) / len(values))
-                rows.append(tf.stack(row))
-            out.append(tf.stack(rows))
+            norms = [cell.edge_weight_norms(op_weight_norm) for cell in self.child.cells if cell.reduction == reduction]
+            out.append(tf.add_n(norms) / len(norms))
         return out
 
     # ------------------------------------------------------------------ the step
@@ -240,6 +234,7 @@ class SearchModel(tf.keras.Model):
         logs["accuracy"] = _accuracy(logits, y_train)
         return logs
 
+    @tf.autograph.experimental.do_not_convert  # Python control flow only: no need for AutoGraph
     def train_step(self, data):
         (x_train, y_train), (x_val, y_val) = data
         logs = {}
@@ -253,6 +248,7 @@ class SearchModel(tf.keras.Model):
         logs["temperature"] = tf.convert_to_tensor(self.child.temperature)
         return logs
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         x, y = data
         logits = self.child(x, training=False, binary=self.child_binary)

@@ -1,9 +1,12 @@
 """The differentiable 1-bit supernet: mixed edges, search cells and the :class:`SuperNet` model.
 
 A :class:`SuperNet` is a DARTS-style network of cells (normal and reduction cells, reductions at 1/3
-and 2/3 of the depth) whose every edge is a :class:`MixedEdge`: the ``softmax(alpha / T)``-weighted
-sum of all candidate ops of a preset (see :mod:`tfbnas.space.ops`). The same variables run as the
-1-bit Child (``binary=True``) or as the real-valued Parent (``binary=False``)::
+and 2/3 of the depth) whose every edge is a mixed edge: the ``softmax(alpha / T)``-weighted sum of
+all candidate ops of a preset (see :mod:`tfbnas.space.ops`). By default the edges that leave one
+node are computed together (:class:`~tfbnas.space.ops.FusedEdgeOps`, see ``docs/performance.md``);
+``fused=False`` builds one :class:`MixedEdge` per edge, the plain reference with the same function.
+The same variables run as the 1-bit Child (``binary=True``) or as the real-valued Parent
+(``binary=False``)::
 
     model = SuperNet(num_classes=10, init_channels=8, num_cells=3, preset="dcp")
     logits = model(images, training=True)                 # 1-bit Child
@@ -17,8 +20,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfbnas.space.genotype import Genotype, derive_genotype, num_edges
-from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, SpaceError,
+from tfbnas.space.genotype import Genotype, derive_genotype, edge_index, num_edges
+from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, FusedEdgeOps, SpaceError,
                               check_group_policy, make_search_op, preset_ops, quantize_input)
 
 
@@ -32,7 +35,9 @@ class MixedEdge(tf.keras.layers.Layer):
     """One searched edge: ``sum_m mix[m] * op_m(x)``, with ``mix = softmax(alpha / T)`` given by the caller.
 
     The edge input is binarised once and shared by all binary ops of the edge; the zero op is
-    skipped (it adds nothing).
+    skipped (it adds nothing). This is the plain form (``SuperNet(fused=False)``), one small layer
+    per op: the reference that the fused form (:class:`~tfbnas.space.ops.FusedEdgeOps`) is tested
+    against.
 
     Args:
         op_names: candidate op names (columns of the architecture parameters).
@@ -81,6 +86,19 @@ class MixedEdge(tf.keras.layers.Layer):
         index = self.op_names.index(name)
         return self.op_layers[self.op_index.index(index)] if index in self.op_index else None
 
+    def kernel_norms(self, param_free_norm) -> tf.Tensor:
+        """``[len(op_names)]``: ``||w_m||^2`` summed over each op's kernels (``param_free_norm(op)`` for the
+        ops without kernels)."""
+        values = []
+        for name in self.op_names:
+            op = self.op(name)
+            kernels = [] if op is None else [v for v in op.trainable_weights if "kernel" in v.name]
+            if kernels:
+                values.append(tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels]))
+            else:
+                values.append(tf.constant(float(param_free_norm(op)), tf.float32))
+        return tf.stack(values)
+
     def get_config(self):
         return {**super().get_config(), "op_names": list(self.op_names), "channels": self.channels,
                 "stride": self.stride, "binary": self.binary, "group_policy": self.group_policy}
@@ -91,8 +109,14 @@ class SearchCell(tf.keras.layers.Layer):
     """A searched cell: two inputs, ``nodes`` intermediate nodes, output = their concatenation.
 
     Inputs are preprocessed to ``channels`` channels by binary 1x1 convs (a binary factorized
-    reduce for ``s0`` when the previous cell reduced). Node ``i`` sums one :class:`MixedEdge` from
-    every earlier state; in a reduction cell, edges from the two inputs have stride 2.
+    reduce for ``s0`` when the previous cell reduced). Node ``i`` sums one mixed edge from every
+    earlier state; in a reduction cell, edges from the two inputs have stride 2.
+
+    With ``fused=True`` (the default) the edges that leave one state are computed together by a
+    :class:`~tfbnas.space.ops.FusedEdgeOps` as soon as that state exists (same mathematics, a
+    few wide ops instead of one small op per edge and candidate); ``fused=False`` builds one
+    :class:`MixedEdge` per edge, the plain reference. Either way ``cell.edges[e].op(name)`` gives
+    edge ``e``'s op (a layer, or a view of its slice of the fused weights).
 
     Args:
         channels: channels ``C`` of every node (output has ``nodes * C``).
@@ -102,45 +126,93 @@ class SearchCell(tf.keras.layers.Layer):
         preset: op-table preset.
         binary: default mode.
         group_policy: group-count rule of grouped convs.
+        fused: fused edges (fast) or one :class:`MixedEdge` per edge (plain reference).
 
     ``call(s0, s1, mix, training=None, binary=None)`` takes ``mix`` of shape ``[num_edges, num_ops]``;
     row ``edge_index(i, j)`` belongs to the edge ``j -> node i``.
     """
 
     def __init__(self, channels: int, reduction: bool = False, reduction_prev: bool = False, nodes: int = 4,
-                 preset: str = "dcp", binary: bool = True, group_policy="lce", **kwargs):
+                 preset: str = "dcp", binary: bool = True, group_policy="lce", fused: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
         self.nodes, self.preset, self.binary, self.group_policy = int(nodes), preset, bool(binary), group_policy
+        self.fused = bool(fused)
         op_names = preset_ops(preset)
-        self.pre0 = (FactorizedReduceOp(self.channels, name="pre0") if self.reduction_prev
+        self.pre0 = (FactorizedReduceOp(self.channels, fast=self.fused, name="pre0") if self.reduction_prev
                      else BinaryConvOp(self.channels, 1, name="pre0"))
         self.pre1 = BinaryConvOp(self.channels, 1, name="pre1")
-        self.edges = []
-        for node in range(self.nodes):
-            for source in range(2 + node):
-                stride = 2 if self.reduction and source < 2 else 1
-                self.edges.append(MixedEdge(op_names, self.channels, stride, self.binary, group_policy,
-                                            name=f"edge_{source}_{node + 2}"))
+        if self.fused:
+            # State j (inputs 0, 1, then node j - 2) feeds nodes max(0, j - 1) .. nodes - 1; the last node feeds none.
+            self.targets = tuple(tuple(range(max(0, j - 1), self.nodes)) for j in range(self.nodes + 1))
+            self.rows = tuple(tuple(edge_index(node, j) for node in targets) for j, targets in enumerate(self.targets))
+            self.sources = [FusedEdgeOps(op_names, self.channels, len(targets),
+                                         2 if self.reduction and j < 2 else 1, self.binary, group_policy,
+                                         name=f"from_{j}")
+                            for j, targets in enumerate(self.targets)]
+            views = {}
+            for j, (layer, rows) in enumerate(zip(self.sources, self.rows)):
+                for t, row in enumerate(rows):
+                    views[row] = layer.edge(t)
+            self._edge_views = tuple(views[e] for e in range(num_edges(self.nodes)))
+        else:
+            self.mixed_edges = []
+            for node in range(self.nodes):
+                for source in range(2 + node):
+                    stride = 2 if self.reduction and source < 2 else 1
+                    self.mixed_edges.append(MixedEdge(op_names, self.channels, stride, self.binary, group_policy,
+                                                      name=f"edge_{source}_{node + 2}"))
+
+    @property
+    def edges(self):
+        """Per-edge access in architecture-row order: ``cell.edges[e].op(name)``."""
+        return self._edge_views if self.fused else self.mixed_edges
 
     @tf.autograph.experimental.do_not_convert
     def call(self, s0, s1, mix, training=None, binary=None):
         binary = self.binary if binary is None else bool(binary)
         states = [self.pre0(s0, training=training, binary=binary), self.pre1(s1, training=training, binary=binary)]
-        e = 0
-        for node in range(self.nodes):
-            total = None
-            for source in range(2 + node):
-                y = self.edges[e](states[source], mix[e], training=training, binary=binary)
-                total = y if total is None else total + y
-                e += 1
-            states.append(total)
+        if not self.fused:
+            e = 0
+            for node in range(self.nodes):
+                total = None
+                for source in range(2 + node):
+                    y = self.mixed_edges[e](states[source], mix[e], training=training, binary=binary)
+                    total = y if total is None else total + y
+                    e += 1
+                states.append(total)
+            return tf.concat(states[2:], axis=-1)
+        incoming = [[] for _ in range(self.nodes)]
+        for j, layer in enumerate(self.sources):
+            if j >= 2:  # node j - 2 is complete: all its sources come before it
+                states.append(_sum(incoming[j - 2]))
+            y = layer(states[j], tf.gather(mix, self.rows[j]), training=training, binary=binary)
+            parts = tf.split(y, len(self.targets[j]), axis=-1) if len(self.targets[j]) > 1 else [y]
+            for node, part in zip(self.targets[j], parts):
+                incoming[node].append(part)
+        states.append(_sum(incoming[-1]))
         return tf.concat(states[2:], axis=-1)
+
+    def edge_weight_norms(self, param_free_norm) -> tf.Tensor:
+        """``[num_edges, num_ops]``: ``||w_m||^2`` of every (edge, op) (DCP's ``R(w_m)``).
+
+        Args:
+            param_free_norm: ``f(op_layer_or_None) -> float`` for ops without kernels.
+        """
+        if not self.fused:
+            return tf.stack([edge.kernel_norms(param_free_norm) for edge in self.mixed_edges])
+        blocks = tf.concat([layer.edge_kernel_norms(param_free_norm) for layer in self.sources], axis=0)
+        order = [row for rows in self.rows for row in rows]  # block row -> edge row
+        return tf.gather(blocks, np.argsort(order))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "nodes": self.nodes, "preset": self.preset,
-                "binary": self.binary, "group_policy": self.group_policy}
+                "binary": self.binary, "group_policy": self.group_policy, "fused": self.fused}
+
+
+def _sum(tensors):
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
@@ -158,6 +230,8 @@ class SuperNet(tf.keras.Model):
         group_policy: group-count rule of grouped convs (see :func:`tfbnas.space.ops.group_count`).
         temperature: initial softmax temperature ``T`` (BATS); held in the non-trainable
             ``model.temperature`` variable.
+        fused: compute the edges leaving each node together (:class:`~tfbnas.space.ops.FusedEdgeOps`,
+            the fast default) or one :class:`MixedEdge` per edge (the plain reference); the same function.
 
     Attributes:
         alphas_normal, alphas_reduce: architecture parameters ``[num_edges, num_ops]``
@@ -176,7 +250,7 @@ class SuperNet(tf.keras.Model):
 
     def __init__(self, num_classes: int = 10, init_channels: int = 16, num_cells: int = 8, nodes: int = 4,
                  preset: str = "dcp", binary: bool = True, stem_multiplier: int = 3, group_policy="lce",
-                 temperature: float = 1.0, name: str = "supernet", **kwargs):
+                 temperature: float = 1.0, fused: bool = True, name: str = "supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.op_names = preset_ops(preset)
         check_group_policy(group_policy)
@@ -192,6 +266,7 @@ class SuperNet(tf.keras.Model):
         self.nodes, self.preset, self.binary = int(nodes), preset, bool(binary)
         self.stem_multiplier, self.group_policy = int(stem_multiplier), group_policy
         self.initial_temperature = float(temperature)
+        self.fused = bool(fused)
 
         c_stem = self.stem_multiplier * self.init_channels
         self.stem_conv = tf.keras.layers.Conv2D(c_stem, 3, padding="same", use_bias=False, name="stem_conv")
@@ -204,7 +279,7 @@ class SuperNet(tf.keras.Model):
             if reduction:
                 channels *= 2
             self.cells.append(SearchCell(channels, reduction, reduction_prev, self.nodes, preset, self.binary,
-                                         group_policy, name=f"cell_{i}"))
+                                         group_policy, self.fused, name=f"cell_{i}"))
             reduction_prev = reduction
         self.global_pool = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")
         self.classifier = tf.keras.layers.Dense(self.num_classes, name="classifier")
@@ -292,7 +367,7 @@ class SuperNet(tf.keras.Model):
         return {"num_classes": self.num_classes, "init_channels": self.init_channels, "num_cells": self.num_cells,
                 "nodes": self.nodes, "preset": self.preset, "binary": self.binary,
                 "stem_multiplier": self.stem_multiplier, "group_policy": self.group_policy,
-                "temperature": self.initial_temperature, "name": self.name}
+                "temperature": self.initial_temperature, "fused": self.fused, "name": self.name}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
