@@ -36,6 +36,7 @@ It ends with one summary line for the default Fashion-MNIST search config.
 
 import argparse
 import contextlib
+import gc
 import os
 import resource
 import statistics
@@ -211,13 +212,18 @@ def main():
     parser.add_argument("--plain", action="store_true", help="also time the plain supernet (fused=False)")
     parser.add_argument("--no_grappler", action="store_true",
                         help="disable grappler's meta optimizer (as --graph_optimizations=false does)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="enable op determinism (as --deterministic, the search's default, does)")
     args = parser.parse_args()
     if args.no_grappler:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(0)
 
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, grappler "
-          f"{'off' if args.no_grappler else 'on'}; steps timed in turns with the reference conv, medians of "
-          f"{args.steps}")
+          f"{'off' if args.no_grappler else 'on'}, op determinism {'on' if args.deterministic else 'off'}; "
+          f"steps timed in turns with the reference conv, medians of {args.steps}")
     ref_step, ref_flops = reference_conv()
     header = (f"{'preset':6} {'config':13} {'strategy':8} {'form':6} {'GFLOP/step':>10} {'step s':>8} {'img/s':>7} "
               f"{'GFLOP/s':>8} {'of (a)':>7} {'trace s':>8} {'first s':>8} {'graph ops':>9} {'speed-up':>8}")
@@ -238,7 +244,8 @@ def main():
             print(header)
             print("-" * len(header))
             for (strategy, form), p in prepared.items():
-                r = dict(p, seconds=seconds[(strategy, form)], flops=step_flops(arith, strategy, spec["batch_size"]),
+                r = {k: v for k, v in p.items() if k != "run"}  # keep no engine alive past its config
+                r.update(seconds=seconds[(strategy, form)], flops=step_flops(arith, strategy, spec["batch_size"]),
                          peak=peak)
                 r["rate"] = r["flops"] / r["seconds"] / 1e9
                 r["images"] = p["images"] / r["seconds"]
@@ -254,6 +261,8 @@ def main():
                 print(f"{'':6} {config_name:13} {form}: dcp/darts step-time ratio {ratio:.2f}")
             print(f"peak RSS so far: {rss_mib():.0f} MiB", flush=True)
             del prepared, runs
+            tf.keras.backend.clear_session()
+            gc.collect()
     rss = rss_mib()
     preset, config_name = DEFAULT
     if (preset, config_name, "dcp", "fused") not in results:

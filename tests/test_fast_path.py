@@ -30,7 +30,7 @@ def build_pair(preset, group_policy="lce", nodes=2, num_cells=3):
     plain(x)
     rng = np.random.default_rng(0)
     for v in fused.variables:
-        if v.ref() in {t.ref() for t in [fused.temperature]}:
+        if v.ref() == fused.temperature.ref():
             continue
         shape = v.shape.as_list()
         if "moving_variance" in v.name:
@@ -146,8 +146,9 @@ def test_weight_views_write_back_and_report_errors():
         fused.cells[0].sources[0].weight_slices(5, "sep_conv_5x5")
 
 
-def test_bookkeeping_matches_plain():
-    fused, plain, pairs = build_pair("bats", group_policy=2)
+@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", 2)])
+def test_bookkeeping_matches_plain(preset, group_policy):
+    fused, plain, pairs = build_pair(preset, group_policy)
     # Same number of trainable scalars; binary latent kernels (exempt from weight decay) correspond.
     count = lambda vs: sum(int(np.prod(v.shape)) for v in vs)  # noqa: E731
     assert count(fused.trainable_variables) == count(plain.trainable_variables)
@@ -230,8 +231,9 @@ def test_fast_factorized_reduce_equals_plain(binary):
         x = tf.random.stateless_normal([2, size, size, 6], seed=(size, 3))
         plain(x)
         fast(x)
-        for a, b in zip(fast.op_weights(), plain.op_weights()):
-            a.assign(tf.random.stateless_uniform(a.shape, seed=(a.shape.rank, size), minval=0.5, maxval=1.5))
+        for i, (a, b) in enumerate(zip(fast.op_weights(), plain.op_weights())):
+            a.assign(tf.random.stateless_uniform(a.shape, seed=(i, size), minval=-1.0 if i % 5 == 0 else 0.5,
+                                                 maxval=1.5))
             b.assign(a)
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
@@ -240,3 +242,36 @@ def test_fast_factorized_reduce_equals_plain(binary):
         for a, b in zip(tape.gradient(got, [x] + fast.trainable_weights),
                         tape.gradient(want, [x] + plain.trainable_weights)):
             assert_close(a, b, "gradient")
+
+
+def test_dcp_train_step_fused_equals_plain():
+    """One whole dcp step (Parent phase, GGN micro-batches, decoupled correction, weight phase) updates
+    the fused and the plain supernets alike."""
+    from tfbnas.search.engine import SearchModel
+    from tfbnas.search.strategies import make_strategy
+
+    def engine(fused):
+        nets = [SuperNet(num_classes=5, init_channels=4, num_cells=3, nodes=1, binary=binary, fused=fused,
+                         name=name) for binary, name in ((True, "child"), (False, "parent"))]
+        model = SearchModel(nets[0], make_strategy("dcp", 2, ggn_samples=2), nets[1])
+        model.compile(*[optimizer() for _ in range(2) for optimizer in (
+            lambda: tf.keras.optimizers.Adam(3e-4, beta_1=0.5), lambda: tf.keras.optimizers.SGD(0.025, momentum=0.9))])
+        model.build_supernets(SHAPE)
+        return model
+
+    fused, plain = engine(True), engine(False)
+    pairs = [pair for net in ("child", "parent")
+             for pair in variable_pairs(getattr(fused, net), getattr(plain, net))]
+    for p, f, index in pairs:
+        p.assign(f[index])
+    rng = np.random.default_rng(3)
+    batch = tuple((tf.constant(rng.normal(size=(4,) + SHAPE), tf.float32), tf.constant([0, 1, 2, 3]))
+                  for _ in range(2))
+    logs_f, logs_p = fused.train_step(batch), plain.train_step(batch)
+    for key in ("loss", "arch_ce", "arch_kl", "tangent", "decoupled", "parent_ce"):
+        assert_close(logs_f[key], logs_p[key], key)
+    moved = 0
+    for p, f, index in pairs:
+        assert_close(f[index], p, p.name)
+        moved += p.trainable
+    assert moved > 100
