@@ -53,12 +53,29 @@ from tfbnas.search import run_search  # noqa: E402
 from tfbnas.search.run_search import SearchConfig, build_search  # noqa: E402
 from tfbnas.space.supernet import SuperNet  # noqa: E402
 
-# The search configs of configs/*.flags (space and batch); images are synthetic of the right shape.
-CONFIGS = {
-    "smoke": dict(dataset="fashion_mnist", init_channels=8, num_cells=3, nodes=2, batch_size=32),
-    "fashion_mnist": dict(dataset="fashion_mnist", init_channels=8, num_cells=5, nodes=4, batch_size=64),
-    "cifar": dict(dataset="cifar10", init_channels=16, num_cells=8, nodes=4, batch_size=64),
-}
+# The search configs are read from configs/<name>.flags (space, batch, GGN micro-batches); images are
+# synthetic of the dataset's shape.
+CONFIG_FILES = {"smoke": "smoke.flags", "fashion_mnist": "fashion_mnist.flags", "cifar": "cifar.flags"}
+CONFIG_FIELDS = {"dataset": str, "init_channels": int, "num_cells": int, "nodes": int, "batch_size": int,
+                 "dcp_ggn_samples": int}
+
+
+def read_config(name):
+    """The fields of :data:`CONFIG_FIELDS` set in ``configs/<name>.flags`` (``--key=value`` lines)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", CONFIG_FILES[name])
+    spec = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.strip().lstrip("-").partition("=")
+            if key in CONFIG_FIELDS and value:
+                spec[key] = CONFIG_FIELDS[key](value)
+    missing = {"dataset", "init_channels", "num_cells", "nodes", "batch_size"} - set(spec)
+    if missing:
+        raise SystemExit(f"{path} does not set {', '.join(sorted(missing))}: add them to the flagfile")
+    return spec
+
+
+CONFIGS = {name: read_config(name) for name in CONFIG_FILES}
 DEFAULT = ("dcp", "fashion_mnist")  # preset and config of the summary line
 PEAK = dict(channels=64, size=28, batch=64)  # the reference conv of (a)
 
@@ -168,7 +185,8 @@ def prepare(config_name, preset, strategy, plain=False):
     """A compiled search step of one config: its function, batch, tracing and first-call times, graph size."""
     spec = dict(CONFIGS[config_name])
     info = data.KNOWN_DATASETS[spec.pop("dataset")]
-    config = SearchConfig(preset=preset, strategy=strategy, search_epochs=1, dcp_ggn_samples=4, **spec)
+    spec.setdefault("dcp_ggn_samples", 4)
+    config = SearchConfig(preset=preset, strategy=strategy, search_epochs=1, **spec)
     tf.keras.utils.set_random_seed(0)
     with plain_supernets(plain):
         engine = build_search(config, info, steps_per_epoch=100)

@@ -12,7 +12,7 @@ from tensorflow.lite.python import schema_py_generated as schema
 from tfbnas import data
 from tfbnas.models import build_child, build_parent, custom_objects
 from tfbnas.space import Genotype, SpaceError
-from tfbnas.space.ops import binary_conv_layers, lce_binary
+from tfbnas.space.ops import NativeQuantConv2D, binary_conv_layers, lce_binary
 
 # Every op of each preset appears in some cell, and reduction cells use stride-2 skip/dilated/grouped ops.
 DCP = Genotype(
@@ -175,3 +175,48 @@ def test_bats_paper_groups_at_small_width_fall_back_to_float_conv():
     _, counts = _convert_and_count(child)
     assert counts["LceBconv2d"] == len(binary) - len(not_binary)
     assert counts["CONV_2D"] == 1 + len(not_binary)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=5, dilation_rate=2), dict(kernel_size=3, groups=2),
+                                    dict(kernel_size=3, strides=2), dict(kernel_size=1)],
+                         ids=["dilated", "grouped", "strided", "pointwise"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "real"])
+def test_native_quant_conv_equals_larq_quant_conv(kwargs, binary):
+    quantizer = "ste_sign" if binary else None
+    args = dict(filters=64, padding="same", pad_values=1.0 if binary else 0.0, use_bias=False,
+                input_quantizer=quantizer, kernel_quantizer=quantizer, **kwargs)
+    larq_conv, native = lq.layers.QuantConv2D(**args), NativeQuantConv2D(**args)
+    x = tf.random.stateless_normal([2, 9, 9, 64], seed=(1, 2))
+    larq_conv(x)
+    native(x)
+    native.set_weights(larq_conv.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        want, got = larq_conv(x), native(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
+    for a, b in zip(tape.gradient(got, [x, native.kernel]), tape.gradient(want, [x, larq_conv.kernel])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4)
+    assert NativeQuantConv2D.from_config(native.get_config()).get_config() == native.get_config()
+
+
+def test_dilated_convs_sharing_an_input_still_convert_to_lce_bconv():
+    # Two edges with the same dilated op read the same state: Keras's space-to-batch form of a dilated
+    # conv would share one SpaceToBatchND between them and LCE would emit float CONV_2Ds.
+    cell = [("dil_conv_5x5", 0), ("dil_conv_5x5", 1), ("dil_conv_3x3", 0), ("dil_conv_3x3", 2)]
+    genotype = Genotype("dcp", 2, normal=cell, reduce=cell)
+    child = build_child(genotype, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+    _trained_like(child)
+    flatbuffer, counts = _convert_and_count(child)
+    assert counts["LceBconv2d"] == len(binary_conv_layers(child)) > 15
+    assert counts["CONV_2D"] == 1 and "SPACE_TO_BATCH_ND" not in counts
+    # The same model built from stock Larq layers converts alike (the converter rewrites them).
+    from tfbnas.deploy.convert import convert_keras
+
+    def stock(layer):
+        config = layer.get_config()
+        return (lq.layers.QuantConv2D if isinstance(layer, NativeQuantConv2D) else layer.__class__).from_config(config)
+
+    larq_child = tf.keras.models.clone_model(child, clone_function=stock)
+    larq_child.set_weights(child.get_weights())
+    assert not any(isinstance(layer, NativeQuantConv2D) for layer in larq_child.layers)
+    assert op_counts(convert_keras(larq_child))["LceBconv2d"] == counts["LceBconv2d"]

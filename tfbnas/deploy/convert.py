@@ -305,6 +305,40 @@ def _converter_messages(text: str) -> List[str]:
     return lines
 
 
+def _needs_native_conv(layer) -> bool:
+    """A stock Larq ``QuantConv2D`` whose Keras graph form can defeat LCE (dilated or grouped)."""
+    from tfbnas.space.ops import NativeQuantConv2D
+
+    return (type(layer) is lq.layers.QuantConv2D and layer.data_format == "channels_last"
+            and (max(layer.dilation_rate) > 1 or int(layer.groups or 1) > 1))
+
+
+def with_native_convs(model):
+    """``model`` with every dilated or grouped Larq ``QuantConv2D`` as :class:`NativeQuantConv2D`.
+
+    Same weights and values; the convs become single native ``Conv2D`` ops, which LCE always turns into
+    ``LceBconv2d`` (Keras's space-to-batch form of a dilated conv does not convert when two such convs
+    share an input). Models without such layers, and models that cannot be cloned (subclassed), are
+    returned unchanged.
+    """
+    from tfbnas.space.ops import NativeQuantConv2D
+
+    if not any(_needs_native_conv(layer) for layer in _all_layers(model)):
+        return model
+
+    def clone(layer):
+        if _needs_native_conv(layer):
+            return NativeQuantConv2D.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    try:
+        clone_model = tf.keras.models.clone_model(model, clone_function=clone)
+    except (ValueError, TypeError, NotImplementedError):
+        return model
+    clone_model.set_weights(model.get_weights())
+    return clone_model
+
+
 def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
             int8_default_range: Optional[Tuple[float, float]] = None,
             messages: Optional[List[str]] = None) -> bytes:
@@ -337,7 +371,7 @@ def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
         with _capture_native_stderr(native), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             flatbuffer = lce.convert_keras_model(
-                model, inference_input_type=io_type, inference_output_type=io_type, target=TARGETS[target],
+                with_native_convs(model), inference_input_type=io_type, inference_output_type=io_type, target=TARGETS[target],
                 experimental_default_int8_range=tuple(int8_default_range) if int8_default_range else None)
     except Exception as e:
         detail = _converter_messages(native[0] if native else "")
@@ -595,8 +629,12 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
     summary = fbs.summarize_flatbuffer(flatbuffer)
     expected = expected_binary_convs(model)
     if summary.ops.get("LceBconv2d", 0) < expected:
-        notes.append(f"only {summary.ops.get('LceBconv2d', 0)} LceBconv2d for {expected} binary QuantConv2D layers: "
-                     "some binary convs were converted to float ops (see the converter messages)")
+        shortfall = (f"only {summary.ops.get('LceBconv2d', 0)} LceBconv2d for {expected} binary QuantConv2D layers: "
+                     "some binary convs became float ops (see the converter messages above)")
+        if not allow_float_fallback:
+            raise DeployError(f"{model_path}: {shortfall}; build the convs as tfbnas.space.ops.NativeQuantConv2D "
+                              "or pass --allow_float_fallback to keep the float ops")
+        notes.append(shortfall)
     report = {
         "model": model_path, "output": output_path, "target": target, "lce_target": TARGETS[target],
         "int8_io": int8_io, "dataset": dataset, "min_agreement": min_agreement, "versions": _versions(),

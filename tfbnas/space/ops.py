@@ -1019,15 +1019,47 @@ class ShiftPixel(tf.keras.layers.Layer):
         return _shift_pixel(inputs, 0.0)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
+class NativeQuantConv2D(lq.layers.QuantConv2D):
+    """Larq's ``QuantConv2D`` computing its convolution as one native ``tf.nn.conv2d`` op.
+
+    Same arguments, weights and values as ``lq.layers.QuantConv2D``; only the graph differs, in two
+    ways that matter for deployment and speed:
+
+    * **Dilation**: Keras lowers a dilated conv to ``SpaceToBatchND -> Conv2D -> BatchToSpaceND`` on
+      CPU. When two dilated convs of the same shape read one tensor (two edges of a cell with the same
+      op and input), graph optimisation merges their ``SpaceToBatchND`` ops, the TFLite converter can
+      no longer fold the pattern back into a dilated conv, and LCE emits a *float* ``CONV_2D`` with
+      32-bit kernels. A native ``Conv2D`` with a ``dilations`` attribute always becomes ``LceBconv2d``.
+    * **Groups**: Keras routes ``groups > 1`` through an XLA-compiled op (~65x slower than a dense
+      conv on CPU); the native grouped ``Conv2D`` runs at dense speed and converts alike.
+
+    Example:
+        >>> conv = NativeQuantConv2D(32, 3, dilation_rate=2, padding="same", pad_values=1.0,
+        ...                          input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+        ...                          kernel_constraint="weight_clip", use_bias=False)
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.data_format != "channels_last":
+            return super().convolution_op(inputs, kernel)
+        padding = self.padding.upper() if isinstance(self.padding, str) else self.padding
+        return tf.nn.conv2d(inputs, kernel, strides=[1, *self.strides, 1], padding=padding,
+                            dilations=[1, *self.dilation_rate, 1], data_format="NHWC")
+
+    def _jit_compiled_convolution_op(self, inputs, kernel):
+        return self.convolution_op(inputs, kernel)
+
+
 def quant_conv(filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1, groups: int = 1,
                binary: bool = True, name: Optional[str] = None) -> lq.layers.QuantConv2D:
-    """The Child's conv layer: binary ``QuantConv2D`` (or its real-valued Parent twin).
+    """The Child's conv layer: binary :class:`NativeQuantConv2D` (or its real-valued Parent twin).
 
     Binary: ``ste_sign`` input and kernel quantizers, ``weight_clip``, "same" padding with +1.
     Parent twin (``binary=False``): :class:`HardTanh` input, real kernel, zero padding; same weight
     shapes, so weights copy between the two.
     """
-    return lq.layers.QuantConv2D(
+    return NativeQuantConv2D(
         filters, kernel_size, strides=strides, dilation_rate=dilation_rate, groups=groups, padding="same",
         pad_values=_pad_value(binary), input_quantizer="ste_sign" if binary else HardTanh(),
         kernel_quantizer="ste_sign" if binary else None, kernel_constraint="weight_clip", use_bias=False, name=name,
@@ -1137,7 +1169,7 @@ def layer_classes() -> Dict[str, type]:
     """The tfbnas layer classes of this module, by class name."""
     return {cls.__name__: cls for cls in (HardTanh, SearchConvBN, BinaryConvOp, SepConvOp, PoolOp, IdentityOp,
                                           FactorizedReduceOp, ScaledBatchNorm, FusedEdgeOps, Subsample2D,
-                                          ShiftPixel)}
+                                          ShiftPixel, NativeQuantConv2D)}
 
 
 __all__ = [
@@ -1145,6 +1177,6 @@ __all__ = [
     "GROUP_POLICIES", "BN_MOMENTUM", "BN_EPSILON", "preset_ops", "check_group_policy", "group_count",
     "lce_binary", "HardTanh", "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN", "BinaryConvOp", "SepConvOp",
     "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "ScaledBatchNorm", "FusedEdgeOps",
-    "FusedEdgeView", "FusedOpView", "Subsample2D", "ShiftPixel", "quant_conv",
+    "FusedEdgeView", "FusedOpView", "Subsample2D", "ShiftPixel", "NativeQuantConv2D", "quant_conv",
     "batch_norm", "child_conv_bn", "child_op", "transfer_weights", "binary_conv_layers", "layer_classes",
 ]
