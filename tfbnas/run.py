@@ -164,9 +164,12 @@ def main(argv):
                                       values["train_examples"], values["test_examples"], values["seed"],
                                       values["download"])
             s = splits.sizes
-            print(f"{values['dataset']}: {s['train']} train = {s['search_train']} search-train + "
-                  f"{s['search_val']} search-val, {s['test']} test; images {info.image_shape}, "
-                  f"{info.num_classes} classes")
+            n = values.get("search_examples")
+            searched = (f"{s['search_train']} search-train + {s['search_val']} search-val" if not n else
+                        f"search on a fixed subset of {n} (--search_examples): {n // 2} search-train + "
+                        f"{n - n // 2} search-val")
+            print(f"{values['dataset']}: {s['train']} train = {searched}, {s['test']} test; images "
+                  f"{info.image_shape}, {info.num_classes} classes")
             summary["data"] = {"dataset": values["dataset"], "sizes": s}
         if values.get("genotype"):
             genotype_path = values["genotype"]
