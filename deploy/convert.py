@@ -43,6 +43,8 @@ flags.DEFINE_bool("allow_float_fallback", False,
                   "Deploy layers LCE cannot binarise as float ops (warning instead of error).")
 flags.DEFINE_string("float_model", None, "Float reference (Parent) as .keras or .tflite for the size ratio.")
 flags.DEFINE_bool("float_twin", True, "Without --float_model, convert the model with quantizers removed.")
+flags.DEFINE_bool("strip_names", True, "Drop tensor names and signature defs from the flatbuffer (smaller file, "
+                  "same graph); --nostrip_names keeps them for per-tensor debugging.")
 flags.DEFINE_list("custom_modules", list(deploy_convert.CUSTOM_LAYER_MODULES),
                   "Modules imported before loading so custom layers deserialise.")
 
@@ -63,7 +65,7 @@ def main(argv):
             parity_examples=FLAGS.parity_examples, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
             preprocess=FLAGS.normalize, min_agreement=FLAGS.min_agreement, num_threads=FLAGS.threads,
             allow_float_fallback=FLAGS.allow_float_fallback, float_model=FLAGS.float_model,
-            use_float_twin=FLAGS.float_twin, custom_modules=FLAGS.custom_modules)
+            use_float_twin=FLAGS.float_twin, custom_modules=FLAGS.custom_modules, strip_names=FLAGS.strip_names)
     except deploy_convert.DeployError as e:
         print(f"convert.py: error: {e}", file=sys.stderr)
         sys.exit(1)

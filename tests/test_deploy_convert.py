@@ -269,3 +269,23 @@ def test_cli_errors_are_one_line(tmp_path, case):
     ours = [line for line in result.stderr.splitlines() if line.startswith("convert.py:")]
     assert len(ours) == 1 and ours[0] == result.stderr.strip().splitlines()[-1]
     assert ("model file not found" if case == "missing" else "is not a Keras model") in ours[0]
+
+
+def test_stripped_names_keep_the_graph_and_shrink_the_file(trained, converted, tmp_path):
+    out, report = converted  # the default strips names
+    assert report["names_stripped"]
+    kept = str(tmp_path / "named.tflite")
+    named = dc.convert_model_file(trained, kept, parity_examples=0, use_float_twin=False, strip_names=False)
+    assert not named["names_stripped"]
+    with open(out, "rb") as f:
+        stripped_bytes = f.read()
+    with open(kept, "rb") as f:
+        named_bytes = f.read()
+    assert len(stripped_bytes) < len(named_bytes)
+    assert fbs.op_histogram(stripped_bytes) == fbs.op_histogram(named_bytes)
+    assert b"StatefulPartitionedCall" in named_bytes and b"StatefulPartitionedCall" not in stripped_bytes
+    import larq_compute_engine as lce
+
+    x = np.random.default_rng(0).normal(size=(1, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_array_equal(lce.testing.Interpreter(stripped_bytes).predict(x),
+                                  lce.testing.Interpreter(named_bytes).predict(x))

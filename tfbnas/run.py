@@ -17,6 +17,7 @@ resumed run skips it (the search and the training resume from their own checkpoi
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -170,7 +171,8 @@ def main(argv):
                         f"{n - n // 2} search-val")
             print(f"{values['dataset']}: {s['train']} train = {searched}, {s['test']} test; images "
                   f"{info.image_shape}, {info.num_classes} classes")
-            summary["data"] = {"dataset": values["dataset"], "sizes": s}
+            summary["data"] = {"dataset": values["dataset"], "sizes": s,
+                               "search_sizes": ({"search_train": n // 2, "search_val": n - n // 2} if n else None)}
         if values.get("genotype"):
             genotype_path = values["genotype"]
             print(f"search: skipped, training {genotype_path}")
@@ -186,6 +188,7 @@ def main(argv):
         with timer.stage("host benchmark"):
             stage_benchmark(values, tflite_path, run_dir, summary)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the summary short
         _finish(summary, times, timer, run_dir)
         print(f"\ninterrupted: resume with python -m tfbnas.run --resume={run_dir}", file=sys.stderr)
         sys.exit(130)

@@ -307,8 +307,6 @@ def _converter_messages(text: str) -> List[str]:
 
 def _needs_native_conv(layer) -> bool:
     """A stock Larq ``QuantConv2D`` whose Keras graph form can defeat LCE (dilated or grouped)."""
-    from tfbnas.space.ops import NativeQuantConv2D
-
     return (type(layer) is lq.layers.QuantConv2D and layer.data_format == "channels_last"
             and (max(layer.dilation_rate) > 1 or int(layer.groups or 1) > 1))
 
@@ -333,7 +331,7 @@ def with_native_convs(model):
 
     try:
         clone_model = tf.keras.models.clone_model(model, clone_function=clone)
-    except (ValueError, TypeError, NotImplementedError):
+    except Exception:  # noqa: BLE001  (unclonable model: convert it as it is; the LceBconv2d count still checks it)
         return model
     clone_model.set_weights(model.get_weights())
     return clone_model
@@ -341,7 +339,7 @@ def with_native_convs(model):
 
 def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
             int8_default_range: Optional[Tuple[float, float]] = None,
-            messages: Optional[List[str]] = None) -> bytes:
+            messages: Optional[List[str]] = None, strip_names: bool = False) -> bytes:
     """Converts a Keras model with ``lce.convert_keras_model``.
 
     Args:
@@ -354,6 +352,7 @@ def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
         int8_default_range: ``(min, max)`` assumed for every tensor without quantisation statistics
             (LCE's ``experimental_default_int8_range``): for latency tests only, accuracy is not kept.
         messages: when given, the converter's own error/warning lines are appended here.
+        strip_names: drop tensor/subgraph names and signature defs (:func:`flatbuffer.strip_names`).
 
     Returns:
         The flatbuffer bytes.
@@ -371,7 +370,8 @@ def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
         with _capture_native_stderr(native), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             flatbuffer = lce.convert_keras_model(
-                with_native_convs(model), inference_input_type=io_type, inference_output_type=io_type, target=TARGETS[target],
+                with_native_convs(model), inference_input_type=io_type, inference_output_type=io_type,
+                target=TARGETS[target],
                 experimental_default_int8_range=tuple(int8_default_range) if int8_default_range else None)
     except Exception as e:
         detail = _converter_messages(native[0] if native else "")
@@ -392,7 +392,7 @@ def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
                 "--int8_io needs an int8-quantised model, but this one has no int8 quantisation statistics "
                 f"(converted I/O types: {sorted(types)}); add fake-quant ops (quantisation-aware training), "
                 "or for latency tests only pass --int8_default_range=-3,3, or drop --int8_io")
-    return flatbuffer
+    return fbs.strip_names(flatbuffer) if strip_names else flatbuffer
 
 
 # ------------------------------------------------------------------------------------------------ cost
@@ -436,18 +436,20 @@ def model_cost(model) -> Tuple[Optional[dict], str]:
 # --------------------------------------------------------------------------------------------- reports
 
 
-def _float_reference(model, float_model, target: str, use_twin: bool,
-                     notes: List[str]) -> Tuple[Optional[bytes], str, bool]:
-    """The float flatbuffer to compare with, where it came from, and whether it was converted here."""
+def _float_reference(model, float_model, target: str, use_twin: bool, notes: List[str],
+                     strip_names: bool = False) -> Tuple[Optional[bytes], str, bool]:
+    """The float flatbuffer to compare with, where it came from, and whether it was converted here
+    (converted ones get the same name stripping as the binary file, so sizes compare like for like)."""
     if float_model is not None:
         if isinstance(float_model, tf.keras.Model):
-            return convert_keras(float_model, target=target), "given float model", True
+            return convert_keras(float_model, target=target, strip_names=strip_names), "given float model", True
         if not os.path.exists(float_model):
             raise DeployError(f"float model not found: {float_model}; pass the Parent's .keras or .tflite file")
         if float_model.endswith(".tflite"):
             with open(float_model, "rb") as f:
                 return f.read(), float_model, False
-        return convert_keras(load_keras_model(float_model), target=target), float_model, True
+        converted = convert_keras(load_keras_model(float_model), target=target, strip_names=strip_names)
+        return converted, float_model, True
     if not use_twin:
         return None, "", False
     try:
@@ -455,7 +457,8 @@ def _float_reference(model, float_model, target: str, use_twin: bool,
     except DeployError as e:
         notes.append(str(e))
         return None, "", False
-    return convert_keras(twin, target=target), "float twin (same model and weights, quantizers removed)", True
+    return (convert_keras(twin, target=target, strip_names=strip_names),
+            "float twin (same model and weights, quantizers removed)", True)
 
 
 def _ratios(binary: fbs.FlatbufferSummary, floating: fbs.FlatbufferSummary) -> dict:
@@ -580,7 +583,7 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
                        preprocess: Union[str, Callable] = "auto", min_agreement: float = 0.99,
                        num_threads: int = 1, allow_float_fallback: bool = False,
                        float_model: Optional[str] = None, use_float_twin: bool = True,
-                       custom_modules: Sequence[str] = CUSTOM_LAYER_MODULES) -> dict:
+                       custom_modules: Sequence[str] = CUSTOM_LAYER_MODULES, strip_names: bool = True) -> dict:
     """Loads, checks, converts, parity-checks and reports one model (what ``deploy/convert.py`` runs).
 
     Args:
@@ -601,6 +604,8 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
         float_model: the float reference (Parent) as ``.keras`` or ``.tflite``; default: the float twin.
         use_float_twin: convert the float twin when no ``float_model`` is given.
         custom_modules: modules that register custom layers.
+        strip_names: drop tensor names and signature defs from the flatbuffer (and from a float reference
+            converted here): smaller files, same graph; keep them (False) to debug per-tensor.
 
     Returns:
         The report (also written as JSON).
@@ -620,7 +625,7 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
         notes.append(f"float fallback allowed: {issue}")
     messages: List[str] = []
     flatbuffer = convert_keras(model, target=target, int8_io=int8_io, int8_default_range=int8_default_range,
-                         messages=messages)
+                               messages=messages, strip_names=strip_names)
     out_dir = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(out_dir, exist_ok=True)
     with open(output_path, "wb") as f:
@@ -637,6 +642,7 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
         notes.append(shortfall)
     report = {
         "model": model_path, "output": output_path, "target": target, "lce_target": TARGETS[target],
+        "names_stripped": strip_names,
         "int8_io": int8_io, "dataset": dataset, "min_agreement": min_agreement, "versions": _versions(),
         "flatbuffer": summary.to_dict(),
         "binarization": {"issues": [str(i) for i in issues], "expected_binary_convs": expected,
@@ -644,7 +650,8 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
     }
     cost, report["cost_note"] = model_cost(model)
     report["cost"] = cost
-    reference, source, converted_here = _float_reference(model, float_model, target, use_float_twin, notes)
+    reference, source, converted_here = _float_reference(model, float_model, target, use_float_twin, notes,
+                                                         strip_names)
     if reference is not None:
         report["float_reference"] = {"source": source, **_ratios(summary, fbs.summarize_flatbuffer(reference))}
         float_path = float_model if not converted_here else stem + "_float.tflite"

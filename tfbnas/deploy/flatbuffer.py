@@ -201,3 +201,24 @@ def summarize_flatbuffer(flatbuffer: bytes) -> FlatbufferSummary:
         inputs=[_tensor_info(main, int(main.Inputs(k))) for k in range(main.InputsLength())],
         outputs=[_tensor_info(main, int(main.Outputs(k))) for k in range(main.OutputsLength())],
     )
+
+
+def strip_names(flatbuffer: bytes) -> bytes:
+    """``flatbuffer`` without its tensor and subgraph names, description and signature defs.
+
+    TFLite's own ``strip_strings``: the graph, the weights and the custom op codes (``LceBconv2d``)
+    stay, so every interpreter runs the result alike (inputs and outputs by index); only the names a
+    debugger would show go. Keras names are long (``StatefulPartitionedCall/model/cell3_...``), so
+    this saves about a tenth of a small Child's file.
+
+    Args:
+        flatbuffer: a TFLite flatbuffer.
+
+    Returns:
+        The stripped flatbuffer.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
