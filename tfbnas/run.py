@@ -157,6 +157,12 @@ def main(argv):
     times = summary.setdefault("stage_seconds", {})
     timer = runs.StageTimer()
     start = time.time()
+    interrupted = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (an inherited "ignore" stays)
+        def on_ctrl_c(signum, frame):
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         with timer.stage("data"):
             info = data.KNOWN_DATASETS.get(values["dataset"]) or data.dataset_info(values["dataset"],
@@ -187,7 +193,11 @@ def main(argv):
             tflite_path = stage_convert(values, model_path, run_dir, summary)
         with timer.stage("host benchmark"):
             stage_benchmark(values, tflite_path, run_dir, summary)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        # A Ctrl-C that lands inside TensorFlow's tracing can surface as another error (e.g. SystemError):
+        # after a Ctrl-C every exception means "interrupted", and the folder stays resumable.
+        if not (isinstance(e, KeyboardInterrupt) or interrupted):
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the summary short
         _finish(summary, times, timer, run_dir)
         print(f"\ninterrupted: resume with python -m tfbnas.run --resume={run_dir}", file=sys.stderr)
