@@ -80,17 +80,6 @@ DEFAULT = (CONFIGS["fashion_mnist"].get("preset", "dcp"), "fashion_mnist")  # th
 PEAK = dict(channels=64, size=28, batch=64)  # the reference conv of (a)
 
 
-def median_time(fn, steps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def reference_conv():
     """The reference conv's fwd+bwd step and its FLOPs (2 per MAC; backward = input + kernel gradients)."""
     c, s, b = PEAK["channels"], PEAK["size"], PEAK["batch"]
@@ -106,12 +95,6 @@ def reference_conv():
         return tape.gradient(loss, [x, k])
 
     return step, 3 * 2 * 3 * 3 * c * c * s * s * b
-
-
-def dense_conv_gflops(steps):
-    """fwd+bwd GFLOP/s of the reference conv, timed alone."""
-    step, flops = reference_conv()
-    return flops / median_time(step, steps) / 1e9
 
 
 def _macs(op):
@@ -203,7 +186,7 @@ def prepare(config_name, preset, strategy, plain=False):
     step(batch)
     first = time.perf_counter() - start
     return dict(run=lambda: step(batch), trace=trace, first=first, images=2 * b,
-                graph_ops=len(concrete.graph.get_operations()), traces=step.experimental_get_tracing_count())
+                graph_ops=len(concrete.graph.get_operations()))
 
 
 def round_robin(runs, steps):

@@ -54,10 +54,9 @@ def build_report(summary: Dict, run_dir: str) -> str:
 
     data = summary.get("data")
     if data:
-        sizes = dict(data["sizes"])
-        if data.get("search_sizes"):  # --search_examples: the search ran on a fixed subset
-            sizes.update({f"{k} (subset)": v for k, v in data["search_sizes"].items()})
-            sizes = {k: v for k, v in sizes.items() if k not in data["search_sizes"]}
+        subset = data.get("search_sizes") or {}  # --search_examples: the search ran on a fixed subset
+        sizes = {k: v for k, v in data["sizes"].items() if k not in subset}
+        sizes.update({f"{k} (subset)": v for k, v in subset.items()})
         out += ["## Data", "", f"{data.get('dataset')}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()), ""]
 
     search = summary.get("search")

@@ -196,6 +196,11 @@ class HardTanh(lq.quantizers.Quantizer):
         return tf.clip_by_value(inputs, -1.0, 1.0)
 
 
+def _inside_unit(x, dy):
+    """The straight-through gradient of both activations: ``dy`` where ``|x| <= 1``, else 0."""
+    return tf.where(tf.abs(x) <= 1.0, dy, 0.0)
+
+
 @tf.custom_gradient
 def ste_sign(x):
     """larq's ``ste_sign``: sign with ``sign(0) = +1``, straight-through gradient ``dy`` where ``|x| <= 1``.
@@ -208,10 +213,7 @@ def ste_sign(x):
         array([-1.,  1.,  1.], dtype=float32)
     """
 
-    def grad(dy):
-        return tf.where(tf.abs(x) <= 1.0, dy, 0.0)
-
-    return tf.sign(tf.sign(x) + 0.1), grad
+    return tf.sign(tf.sign(x) + 0.1), lambda dy: _inside_unit(x, dy)
 
 
 @tf.custom_gradient
@@ -219,10 +221,7 @@ def hard_tanh(x):
     """``clip(x, -1, 1)`` with the gradient of ``tf.clip_by_value`` (``dy`` where ``|x| <= 1``, else 0),
     in one select instead of two."""
 
-    def grad(dy):
-        return tf.where(tf.abs(x) <= 1.0, dy, 0.0)
-
-    return tf.clip_by_value(x, -1.0, 1.0), grad
+    return tf.clip_by_value(x, -1.0, 1.0), lambda dy: _inside_unit(x, dy)
 
 
 def quantize_input(x, binary: bool):
@@ -247,13 +246,16 @@ def _same_pads(size, kernel_size: int, stride: int, dilation: int):
     return total // 2, total - total // 2
 
 
+def _spatial_size(x):
+    """``(height, width)`` of an NHWC tensor: Python ints when static, else scalar tensors."""
+    return tuple(x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2))
+
+
 def _pad_same(x, kernel_size: int, stride: int, dilation: int, value: float):
     """Pad ``x`` explicitly as TensorFlow's 'SAME' would for this conv, with ``value``."""
     if kernel_size == 1:
         return x
-    shape = x.shape
-    h = shape[1] if shape[1] is not None else tf.shape(x)[1]
-    w = shape[2] if shape[2] is not None else tf.shape(x)[2]
+    h, w = _spatial_size(x)
     ph, pw = _same_pads(h, kernel_size, stride, dilation), _same_pads(w, kernel_size, stride, dilation)
     return tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]], constant_values=value)
 
@@ -487,6 +489,12 @@ def _shift_pixel(x, value):
     return tf.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]], constant_values=value)
 
 
+def _check_even_channels(channels: int):
+    """Factorized reduce halves the channels: raise :class:`SpaceError` for an odd count."""
+    if channels % 2:
+        raise SpaceError(f"factorized reduce needs an even channel count, got {channels}; use even widths.")
+
+
 def _factorized_reduce(xq, kernel_a, kernel_b, edges: int, value: float):
     """``[conv_a(xq)[::2, ::2], conv_b(shift(xq))[::2, ::2]]`` of ``edges`` edges as one 2x2 stride-2 conv.
 
@@ -502,8 +510,7 @@ def _factorized_reduce(xq, kernel_a, kernel_b, edges: int, value: float):
     top, bottom = tf.concat([a, zeros], 2), tf.concat([zeros, b], 2)  # (C, edges, 2, half)
     none = tf.zeros_like(top)
     kernel = tf.reshape(tf.stack([tf.stack([top, none]), tf.stack([none, bottom])]), [2, 2, c, edges * 2 * half])
-    h = xq.shape[1] if xq.shape[1] is not None else tf.shape(xq)[1]
-    w = xq.shape[2] if xq.shape[2] is not None else tf.shape(xq)[2]
+    h, w = _spatial_size(xq)
     x = tf.pad(xq, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]], constant_values=value)
     return tf.nn.conv2d(x, kernel, strides=2, padding="VALID")
 
@@ -528,8 +535,7 @@ class FactorizedReduceOp(SearchOp):
     def __init__(self, filters: int, fast: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.fast = int(filters), bool(fast)
-        if self.filters % 2:
-            raise SpaceError(f"factorized reduce needs an even channel count, got {self.filters}; use even widths.")
+        _check_even_channels(self.filters)
         self.conv_a = SearchConvBN(self.filters // 2, 1, strides=2, name="conv_a")
         self.conv_b = SearchConvBN(self.filters // 2, 1, strides=2, name="conv_b")
 
@@ -599,6 +605,11 @@ def make_search_op(name: str, channels: int, stride: int = 1, binary: bool = Tru
 
 
 # --------------------------------------------------------------------------- fused supernet form
+
+
+def sum_tensors(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The sum of a non-empty list of tensors (no ``add_n`` op for a single one)."""
+    return tensors[0] if len(tensors) == 1 else tf.add_n(list(tensors))
 
 
 def _static_bool(value) -> Optional[bool]:
@@ -724,9 +735,8 @@ class FusedEdgeOps(SearchOp):
                 self.shared_ops.append(PoolOp(spec.kind.split("_")[0], spec.kernel_size, self.stride, name=name))
                 self.shared_columns.append(col)
             else:
-                if spec.kind == "skip" and self.channels % 2:
-                    raise SpaceError(f"factorized reduce needs an even channel count, got {self.channels}; "
-                                     "use even widths.")
+                if spec.kind == "skip":
+                    _check_even_channels(self.channels)
                 self.weighted.append((col, name))
                 self.groups[name] = group_count(self.channels, group_policy) if spec.grouped else 1
         # BatchNorms: "<op>_bn" after the kxk (or depthwise) conv of ops with a 1x1 conv, "<op>_out_bn"
@@ -872,7 +882,7 @@ class FusedEdgeOps(SearchOp):
         if self.shared_ops:
             with tf.name_scope("shared"):
                 outputs.append(self._shared(x, mix))
-        return tf.add_n(outputs) if len(outputs) > 1 else outputs[0]
+        return sum_tensors(outputs)
 
     def _binary_kernel(self, variable, binary):
         kernel = tf.convert_to_tensor(variable)
@@ -1107,8 +1117,7 @@ def child_op(name: str, x, channels: int, stride: int = 1, binary: bool = True,
     if spec.kind == "skip":
         if stride == 1:
             return x, []
-        if channels % 2:
-            raise SpaceError(f"factorized reduce needs an even channel count, got {channels}; use even widths.")
+        _check_even_channels(channels)
         a, la = child_conv_bn(x, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_a")
         shifted = ShiftPixel(name=f"{prefix}_shift")(x)
         b, lb = child_conv_bn(shifted, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_b")
@@ -1175,8 +1184,9 @@ def layer_classes() -> Dict[str, type]:
 __all__ = [
     "SpaceError", "OpSpec", "OPS", "PRESETS", "PARAM_FREE_OPS", "BATS_GROUPS", "LCE_GROUP_CHANNELS",
     "GROUP_POLICIES", "BN_MOMENTUM", "BN_EPSILON", "preset_ops", "check_group_policy", "group_count",
-    "lce_binary", "HardTanh", "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN", "BinaryConvOp", "SepConvOp",
-    "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "ScaledBatchNorm", "FusedEdgeOps",
-    "FusedEdgeView", "FusedOpView", "Subsample2D", "ShiftPixel", "NativeQuantConv2D", "quant_conv",
+    "lce_binary", "HardTanh", "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN",
+    "BinaryConvOp", "SepConvOp", "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "ScaledBatchNorm",
+    "FusedEdgeOps", "FusedEdgeView", "FusedOpView", "sum_tensors", "Subsample2D", "ShiftPixel", "NativeQuantConv2D",
+    "quant_conv",
     "batch_norm", "child_conv_bn", "child_op", "transfer_weights", "binary_conv_layers", "layer_classes",
 ]

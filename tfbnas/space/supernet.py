@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tfbnas.space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, FusedEdgeOps, SpaceError,
-                              check_group_policy, make_search_op, preset_ops, quantize_input)
+                              check_group_policy, make_search_op, preset_ops, quantize_input, sum_tensors)
 
 
 def reduction_cells(num_cells: int) -> List[int]:
@@ -185,12 +185,12 @@ class SearchCell(tf.keras.layers.Layer):
         incoming = [[] for _ in range(self.nodes)]
         for j, layer in enumerate(self.sources):
             if j >= 2:  # node j - 2 is complete: all its sources come before it
-                states.append(_sum(incoming[j - 2]))
+                states.append(sum_tensors(incoming[j - 2]))
             y = layer(states[j], tf.gather(mix, self.rows[j]), training=training, binary=binary)
             parts = tf.split(y, len(self.targets[j]), axis=-1) if len(self.targets[j]) > 1 else [y]
             for node, part in zip(self.targets[j], parts):
                 incoming[node].append(part)
-        states.append(_sum(incoming[-1]))
+        states.append(sum_tensors(incoming[-1]))
         return tf.concat(states[2:], axis=-1)
 
     def edge_weight_norms(self, param_free_norm) -> tf.Tensor:
@@ -209,10 +209,6 @@ class SearchCell(tf.keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "nodes": self.nodes, "preset": self.preset,
                 "binary": self.binary, "group_policy": self.group_policy, "fused": self.fused}
-
-
-def _sum(tensors):
-    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
