@@ -220,3 +220,64 @@ def test_dilated_convs_sharing_an_input_still_convert_to_lce_bconv():
     larq_child.set_weights(child.get_weights())
     assert not any(isinstance(layer, NativeQuantConv2D) for layer in larq_child.layers)
     assert op_counts(convert_keras(larq_child))["LceBconv2d"] == counts["LceBconv2d"]
+
+
+BIREAL = Genotype(
+    "bireal", 1,
+    normal=[("bireal_conv_3x3", 0), ("bireal_dil_conv_5x5", 1)],
+    reduce=[("bireal_conv_5x5", 0), ("bireal_dil_conv_3x3", 1)],
+)
+
+
+def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
+    """The Child form of the real paths (op shortcuts, folded and normalised preprocessing inputs, strided
+    max pool, nodes as means) computes what the supernet computes when its alphas select the genotype and every other edge is zero."""
+    from tfbnas.space import SuperNet, transfer_weights
+    from tfbnas.space.ops import PRESETS
+
+    shape, args = (10, 10, 1), dict(num_classes=5, init_channels=8, num_cells=3)
+    supernet = SuperNet(nodes=1, preset="bireal", fused=False, **args)
+    x = tf.random.stateless_normal((4,) + shape, seed=(3, 3))
+    supernet(x)
+    rng = np.random.default_rng(1)
+    for v in supernet.weight_variables + [layer for layer in supernet.variables if "moving" in layer.name]:
+        low = 0.5 if ("gamma" in v.name or "variance" in v.name) else -1.0
+        v.assign(rng.uniform(low, 1.5, v.shape).astype("float32"))
+    ops = PRESETS["bireal"]
+    for alphas, cell in ((supernet.alphas_normal, "normal"), (supernet.alphas_reduce, "reduce")):
+        values = np.zeros(alphas.shape, np.float32)
+        values[:, 0] = 40.0  # "none" everywhere ...
+        for op, source in BIREAL.cell(cell):  # ... except the kept edges (both sources of node 0)
+            values[source] = 0.0
+            values[source, ops.index(op)] = 40.0
+        alphas.assign(values)
+    child = build_child(BIREAL, input_shape=shape, **args)
+    for name in ("stem_conv", "stem_bn", "classifier"):
+        child.get_layer(name).set_weights(getattr(supernet, name).get_weights())
+    for i, cell in enumerate(supernet.cells):
+        pre0 = [f"cell{i}_pre0_a_qconv", f"cell{i}_pre0_a_bn", f"cell{i}_pre0_b_qconv", f"cell{i}_pre0_b_bn"] \
+            if cell.reduction_prev else [f"cell{i}_pre0_qconv", f"cell{i}_pre0_bn"]
+        transfer_weights(cell.pre0, [child.get_layer(n) for n in pre0])
+        transfer_weights(cell.pre1, [child.get_layer(f"cell{i}_pre1_{n}") for n in ("qconv", "bn")])
+        for k, bn in enumerate((cell.real_bn0, cell.real_bn1)):
+            child.get_layer(f"cell{i}_pre{k}_real_bn").set_weights(bn.get_weights())
+        for op, source in BIREAL.cell("reduce" if cell.reduction else "normal"):
+            prefix = f"cell{i}_node0_from{source}_{op}"
+            transfer_weights(cell.mixed_edges[source].op(op), [child.get_layer(f"{prefix}_{n}") for n in ("qconv", "bn")])
+    assert any(layer.name.endswith("_fold") for layer in child.layers)
+    assert any(layer.name.endswith("_shortcut_pool") for layer in child.layers)
+    want = supernet(x, training=False, binary=True)
+    np.testing.assert_allclose(child(x, training=False).numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_bireal_child_converts_every_binary_conv_to_lce_bconv(tmp_path):
+    child = build_child(BIREAL, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+    _trained_like(child)
+    counts = op_counts(lce.convert_keras_model(child))
+    assert counts["LceBconv2d"] == len(binary_conv_layers(child)) > 0
+    assert counts["CONV_2D"] == 1  # the real-valued stem only
+    path = tmp_path / "child.keras"
+    child.save(path)
+    again = tf.keras.models.load_model(path)
+    x = _images((28, 28, 1))
+    np.testing.assert_allclose(again(x).numpy(), child(x).numpy(), rtol=1e-5, atol=1e-5)

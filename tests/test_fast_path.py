@@ -58,6 +58,9 @@ def variable_pairs(fused, plain):
     for cp, cf in zip(plain.cells, fused.cells):
         for a, b in ((cp.pre0, cf.pre0), (cp.pre1, cf.pre1)):
             pairs += [(p, f, full) for p, f in zip(a.op_weights(), b.op_weights())]
+        if cp.real_path:  # the batch-normalised real paths around the preprocessing
+            for a, b in ((cp.real_bn0, cf.real_bn0), (cp.real_bn1, cf.real_bn1)):
+                pairs += [(p, f, full) for p, f in zip(a.weights, b.weights)]
         assert len(cp.edges) == len(cf.edges)
         for ep, ef in zip(cp.edges, cf.edges):
             for name in plain.op_names:
@@ -89,14 +92,14 @@ def run(net, x, y, binary, training=True):
     return logits, {v.ref(): g for v, g in zip(net.trainable_variables, grads)}
 
 
-def assert_close(a, b, what):
+def assert_close(a, b, what, tolerance=2e-4):
     a, b = np.asarray(a), np.asarray(b)
     scale = max(1.0, float(np.abs(b).max()))
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * scale, err_msg=what)
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * scale, err_msg=what)
 
 
-@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", "lce"), ("bats", 2)],
-                         ids=["dcp", "bats", "bats-grouped"])
+@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", "lce"), ("bats", 2), ("bireal", "lce")],
+                         ids=["dcp", "bats", "bats-grouped", "bireal"])
 @pytest.mark.parametrize("binary", [True, False], ids=["child", "parent"])
 def test_fused_equals_plain(preset, group_policy, binary):
     fused, plain, pairs = build_pair(preset, group_policy)
@@ -117,11 +120,12 @@ def test_fused_equals_plain(preset, group_policy, binary):
     assert_close(fused(x, training=False, binary=binary), plain(x, training=False, binary=binary), "inference")
 
 
-def test_fused_op_weights_transfer_to_child_layers():
-    fused, plain, _ = build_pair("dcp")
+@pytest.mark.parametrize("preset", ["dcp", "bireal"])
+def test_fused_op_weights_transfer_to_child_layers(preset):
+    fused, plain, _ = build_pair(preset)
     cell = fused.cells[1]  # a reduction cell: stride-2 edges, factorized reduce
     x = tf.random.stateless_normal([2, 10, 10, cell.channels], seed=(1, 1))
-    for name in PRESETS["dcp"][1:]:
+    for name in PRESETS[preset][1:]:
         view = cell.edges[0].op(name)
         inputs = tf.keras.Input((10, 10, cell.channels))
         out, layers = child_op(name, inputs, cell.channels, 2, prefix="op")
@@ -146,7 +150,7 @@ def test_weight_views_write_back_and_report_errors():
         fused.cells[0].sources[0].weight_slices(5, "sep_conv_5x5")
 
 
-@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", 2)])
+@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", 2), ("bireal", "lce")])
 def test_bookkeeping_matches_plain(preset, group_policy):
     fused, plain, pairs = build_pair(preset, group_policy)
     # Same number of trainable scalars; binary latent kernels (exempt from weight decay) correspond.
@@ -253,7 +257,7 @@ def test_dcp_train_step_fused_equals_plain():
     def engine(fused):
         nets = [SuperNet(num_classes=5, init_channels=4, num_cells=3, nodes=1, binary=binary, fused=fused,
                          name=name) for binary, name in ((True, "child"), (False, "parent"))]
-        model = SearchModel(nets[0], make_strategy("dcp", 2, ggn_samples=2), nets[1])
+        model = SearchModel(nets[0], make_strategy("dcp", 2, ggn_samples=2, ggn=True, kl_arch=True), nets[1])
         model.compile(*[optimizer() for _ in range(2) for optimizer in (
             lambda: tf.keras.optimizers.Adam(3e-4, beta_1=0.5), lambda: tf.keras.optimizers.SGD(0.025, momentum=0.9))])
         model.build_supernets(SHAPE)
@@ -264,14 +268,23 @@ def test_dcp_train_step_fused_equals_plain():
              for pair in variable_pairs(getattr(fused, net), getattr(plain, net))]
     for p, f, index in pairs:
         p.assign(f[index])
+    before = [p.numpy() for p, _, _ in pairs]
     rng = np.random.default_rng(3)
     batch = tuple((tf.constant(rng.normal(size=(4,) + SHAPE), tf.float32), tf.constant([0, 1, 2, 3]))
                   for _ in range(2))
     logs_f, logs_p = fused.train_step(batch), plain.train_step(batch)
     for key in ("loss", "arch_ce", "arch_kl", "tangent", "decoupled", "parent_ce"):
         assert_close(logs_f[key], logs_p[key], key)
-    moved = 0
-    for p, f, index in pairs:
-        assert_close(f[index], p, p.name)
+    # Four sequential updates through sign() and the STE's |x| <= 1 window: the fused and plain convs sum in
+    # different orders (oneDNN picks the algorithm per shape), so a last-bit difference can flip a sign or cross
+    # the window for a few elements, and the next update carries it on (a step of ~lr = 0.025). So: all but a
+    # handful of elements agree to 1e-3, against steps of ~1e-2; a wrong slice or op would differ everywhere.
+    moved, largest_step, differ, total = 0, 0.0, 0, 0
+    for (p, f, index), start in zip(pairs, before):
+        a, b = np.asarray(f[index]), p.numpy()
+        differ += int(np.sum(np.abs(a - b) > 1e-3 * max(1.0, float(np.abs(b).max()))))
+        total += b.size
         moved += p.trainable
-    assert moved > 100
+        largest_step = max(largest_step, float(np.abs(b - start).max()))
+    assert differ <= 0.002 * total, f"{differ} of {total} updated elements differ"
+    assert moved > 100 and largest_step > 1e-2

@@ -150,3 +150,24 @@ def test_plot_cell_writes_png_and_svg(tmp_path):
     from matplotlib.image import imread
     image = imread(png)
     assert image.shape[1] > 400 and image.std() > 0.05  # a real drawing, not a blank canvas
+
+
+def test_edge_margins_follow_the_derived_genotype():
+    from tfbnas.space.genotype import edge_margins
+
+    ops = PRESETS["dcp"]
+    rng = np.random.default_rng(5)
+    normal, reduce = rng.normal(size=(5, len(ops))), rng.normal(size=(5, len(ops)))
+    genotype = derive_genotype(normal, reduce, "dcp", 2)
+    margins = edge_margins(normal, reduce, "dcp", 2)
+    for cell, alphas in (("normal", normal), ("reduce", reduce)):
+        assert [(r["op"], r["source"]) for r in margins[cell]] == list(genotype.cell(cell))
+        for r in margins[cell]:
+            row = alphas[edge_index(r["node"], r["source"])]
+            probs = np.exp(row) / np.exp(row).sum()
+            nonzero = sorted(probs[1:], reverse=True)  # column 0 is "none"
+            assert r["p"] == pytest.approx(nonzero[0]) and r["runner_up"] == pytest.approx(nonzero[1])
+            assert r["margin"] == pytest.approx(nonzero[0] - nonzero[1]) and r["margin"] >= 0
+    # A clear winner has a large margin; uniform alphas have none.
+    flat = edge_margins(np.zeros((5, len(ops))), np.zeros((5, len(ops))), "dcp", 2)
+    assert all(r["margin"] == pytest.approx(0.0) for r in flat["normal"])

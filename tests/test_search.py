@@ -4,27 +4,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbnas import data
-from tfbnas.search.run_search import SearchConfig, build_search
 from tfbnas.search.strategies import Dcp, kl_divergence, rank_mask
 
-TINY = dict(init_channels=4, num_cells=3, nodes=1, batch_size=8, train_examples=64, search_epochs=2)
+from search_helpers import make_engine, search_batch, snapshot
 
 
 @pytest.fixture(scope="module")
 def batch():
-    splits = data.make_splits("fashion_mnist", batch_size=8, train_examples=64, seed=0)
-    return next(iter(tf.data.Dataset.zip((splits.search_train, splits.search_val))))
-
-
-def make_engine(strategy="darts", **overrides):
-    config = SearchConfig(strategy=strategy, **{**TINY, "dcp_ggn_samples": 2, **overrides})
-    tf.keras.utils.set_random_seed(0)
-    return build_search(config, data.KNOWN_DATASETS["fashion_mnist"], steps_per_epoch=4)
-
-
-def snapshot(variables):
-    return [v.numpy().copy() for v in variables]
+    return search_batch()
 
 
 def changed(before, variables):
@@ -55,41 +42,56 @@ def test_darts_train_step_runs_under_fit_and_reports_losses(batch):
 
 
 def test_dcp_terms_are_nonzero_and_each_switch_removes_its_term(batch):
-    (xt, yt), (xv, yv) = batch
     full = make_engine("dcp")
     logs = {k: float(v) for k, v in full.train_step(batch).items()}
-    for term in ("arch_kl", "w_kl", "tangent", "decoupled", "parent_val_ce", "parent_ce"):
+    for term in ("w_kl", "tangent", "tangent_ratio", "decoupled", "decoupled_ratio", "parent_val_ce", "parent_ce"):
         assert term in logs and logs[term] > 0, (term, logs)
+    assert "arch_kl" not in logs  # the KL is in the weight objective only, unless --dcp_kl_arch
     # psi learns from the previous step's correction: zero signal on the first step, non-zero on the second
     assert logs["psi_grad"] == 0
     assert float(full.train_step(batch)["psi_grad"]) > 0
 
-    no_kl = {k: float(v) for k, v in make_engine("dcp", dcp_kl=False).train_step(batch).items()}
+    kl_arch = {k: float(v) for k, v in make_engine("dcp", dcp_kl_arch=True).train_step(batch).items()}
+    assert kl_arch["arch_kl"] > 0 and kl_arch["w_kl"] > 0
+    no_kl = {k: float(v) for k, v in make_engine("dcp", dcp_kl=False, dcp_kl_arch=True).train_step(batch).items()}
     assert "arch_kl" not in no_kl and "w_kl" not in no_kl and no_kl["tangent"] > 0
     no_tangent = {k: float(v) for k, v in make_engine("dcp", dcp_tangent=False).train_step(batch).items()}
-    assert "tangent" not in no_tangent and no_tangent["arch_kl"] > 0
+    assert "tangent" not in no_tangent and "tangent_ratio" not in no_tangent and no_tangent["w_kl"] > 0
     no_decoupled = {k: float(v) for k, v in make_engine("dcp", dcp_decoupled=False).train_step(batch).items()}
-    assert "decoupled" not in no_decoupled and no_decoupled["tangent"] > 0
-    assert make_engine("dcp", dcp_ggn=False).strategy.arch_micro_batches() == 1
-    assert make_engine("dcp").strategy.arch_micro_batches() == 2
+    assert "decoupled" not in no_decoupled and "decoupled_ratio" not in no_decoupled and no_decoupled["tangent"] > 0
+    assert make_engine("dcp").strategy.arch_micro_batches() == 1  # H = I by default: one tape
+    assert make_engine("dcp", dcp_ggn=True).strategy.arch_micro_batches() == 2
 
 
 def test_dcp_inheritance_switch(batch):
-    engine = make_engine("dcp")
+    engine = make_engine("dcp", dcp_inherit_weights=True)
+    engine.strategy.on_epoch_begin(engine, 0)
     engine.train_step(batch)
     parent_w = snapshot(engine.parent.weight_variables)
     assert any(changed(parent_w, engine.child.weight_variables))  # they trained apart
     engine.strategy.on_epoch_begin(engine, 1)
     assert not any(changed(parent_w, engine.child.weight_variables))  # the Child inherited the Parent's weights
-    engine.strategy.on_epoch_end(engine, 1)
     for p, c in zip(engine.parent.arch_variables, engine.child.arch_variables):
-        np.testing.assert_array_equal(p.numpy(), c.numpy())  # the Parent took the Child's architecture
+        np.testing.assert_array_equal(p.numpy(), c.numpy())  # one architecture after the epoch boundary
 
-    off = make_engine("dcp", dcp_inherit=False)
+    own = make_engine("dcp")  # default: the binary Child keeps its own weights
+    own.train_step(batch)
+    child_w = snapshot(own.child.weight_variables)
+    own.strategy.on_epoch_begin(own, 1)
+    assert not any(changed(child_w, own.child.weight_variables))
+
+    off = make_engine("dcp", dcp_inherit=False, dcp_inherit_weights=True)
     off.train_step(batch)
-    child_w = snapshot(off.child.weight_variables)
+    child_w, child_a, parent_a = (snapshot(v) for v in (off.child.weight_variables, off.child.arch_variables,
+                                                        off.parent.arch_variables))
     off.strategy.on_epoch_begin(off, 1)
+    off.strategy.on_epoch_end(off, 1)
     assert not any(changed(child_w, off.child.weight_variables))
+    assert not any(changed(child_a, off.child.arch_variables)) and not any(changed(parent_a, off.parent.arch_variables))
+
+
+def _flat(ts):
+    return np.concatenate([np.asarray(t).ravel() for t in ts])
 
 
 def test_tangent_propagation_with_ggn_matches_explicit_matrix():
@@ -97,18 +99,29 @@ def test_tangent_propagation_with_ggn_matches_explicit_matrix():
     micro = [[tf.constant(rng.randn(3, 4), tf.float32), tf.constant(rng.randn(2, 4), tf.float32)] for _ in range(3)]
     grads = [tf.add_n([m[i] for m in micro]) / 3 for i in range(2)]
     tangent = [tf.constant(rng.randn(3, 4), tf.float32), tf.constant(rng.randn(2, 4), tf.float32)]
-    strategy = Dcp(tangent_weight=0.3, ggn_samples=3)
-    out, logs = strategy.transform_arch_gradients(grads, micro, tangent)
-    flat = lambda ts: np.concatenate([t.numpy().ravel() for t in ts])  # noqa: E731
-    g, t = flat(grads), flat(tangent)
-    hessian = sum(np.outer(flat(m), flat(m)) for m in micro) / 3  # GGN: mean outer product of gradients
-    expected = g + 2 * 0.3 * hessian @ (g - t)
-    np.testing.assert_allclose(flat(out), expected, rtol=1e-5, atol=1e-6)
+    g, t = _flat(grads), _flat(tangent)
+    hessian = sum(np.outer(_flat(m), _flat(m)) for m in micro) / 3  # GGN: mean outer product of gradients
+    h = hessian @ (t - g)  # the book's sign: towards the Parent's direction
+
+    literal, logs = Dcp(tangent_weight=0.3, ggn=True, ggn_samples=3, tangent_normalize=False).transform_arch_gradients(
+        grads, micro, tangent)
+    np.testing.assert_allclose(_flat(literal), g + 2 * 0.3 * h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(logs["tangent"]), 0.3 * np.sum((g - t) ** 2), rtol=1e-5)
-    identity, _ = Dcp(tangent_weight=0.3, ggn=False).transform_arch_gradients(grads, micro, tangent)
-    np.testing.assert_allclose(flat(identity), g + 0.6 * (g - t), rtol=1e-5)
+
+    scaled, logs = Dcp(tangent_weight=0.3, ggn=True, ggn_samples=3).transform_arch_gradients(grads, micro, tangent)
+    np.testing.assert_allclose(_flat(scaled), g + 0.3 * np.linalg.norm(g) * h / np.linalg.norm(h), rtol=1e-5, atol=1e-6)
+    assert float(logs["tangent_grad_norm"]) == pytest.approx(0.3 * np.linalg.norm(g), rel=1e-5)
+    assert float(logs["tangent_cos"]) == pytest.approx(g @ t / np.linalg.norm(g) / np.linalg.norm(t), rel=1e-5)
+
+    identity, _ = Dcp(tangent_weight=0.3, tangent_normalize=False).transform_arch_gradients(grads, micro, tangent)
+    # (1 - 2 lambda) g + 2 lambda t
+    np.testing.assert_allclose(_flat(identity), 0.4 * g + 0.6 * t, rtol=1e-5, atol=1e-6)
+    identity, _ = Dcp(tangent_weight=0.3).transform_arch_gradients(grads, micro, tangent)
+    np.testing.assert_allclose(_flat(identity), g + 0.3 * np.linalg.norm(g) * (t - g) / np.linalg.norm(t - g),
+                               rtol=1e-5, atol=1e-6)
     unchanged, logs = Dcp(tangent=False).transform_arch_gradients(grads, micro, tangent)
-    np.testing.assert_allclose(flat(unchanged), g) and not logs
+    np.testing.assert_allclose(_flat(unchanged), g)
+    assert not logs
 
 
 def test_rank_mask_and_kl():

@@ -2,7 +2,10 @@
 
 Importing :mod:`tfbnas` selects Keras 2 (``tf_keras``) for TensorFlow before TensorFlow is
 first imported: Larq's layers and quantizers are written for Keras 2, and TensorFlow >= 2.16
-otherwise hands out Keras 3 as ``tf.keras``.
+otherwise hands out Keras 3 as ``tf.keras``. It also turns on TensorFlow's oneDNN CPU kernels
+(``TF_ENABLE_ONEDNN_OPTS=1``), which TensorFlow enables by default only on some x86 CPUs: without
+them the gradient of a dilated convolution (the ``dil_*`` ops) fails on CPU with "Current CPU
+implementations do not yet support dilation rates larger than 1" (seen on AMD EPYC).
 """
 
 import os as _os
@@ -12,6 +15,7 @@ __version__ = "0.1.0"
 
 if "tensorflow" not in _sys.modules:
     _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -48,7 +48,7 @@ def define_run_flags():
 
 def define_space_flags():
     """--preset, --init_channels, --num_cells, --nodes."""
-    _define_once(flags.DEFINE_enum, "preset", "dcp", ["dcp", "bats"], "Op table preset of the search space.")
+    _define_once(flags.DEFINE_enum, "preset", "dcp", ["dcp", "bats", "bireal"], "Op table preset of the search space.")
     _define_once(flags.DEFINE_integer, "init_channels", 16, "Channels of the first cell (C).", lower_bound=1)
     _define_once(flags.DEFINE_integer, "num_cells", 8, "Number of cells (reductions at 1/3 and 2/3).", lower_bound=1)
     _define_once(flags.DEFINE_integer, "nodes", 4, "Intermediate nodes per cell.", lower_bound=1)
@@ -156,7 +156,14 @@ def define_search_flags():
       "Training examples the search uses (a fixed subset; default: --train_examples).", lower_bound=2)
     d(flags.DEFINE_integer, "search_steps_per_epoch", None,
       "Search steps per epoch (default: one pass over search-train).", lower_bound=1)
-    d(flags.DEFINE_integer, "arch_frozen_epochs", 0, "Leading epochs that train weights only.", lower_bound=0)
+    d(flags.DEFINE_integer, "arch_frozen_epochs", 0,
+      "Leading epochs that train weights only: no architecture variable (Child or Parent) moves; every strategy.",
+      lower_bound=0)
+    d(flags.DEFINE_float, "arch_t_start", 1.0,
+      "darts/dcp: softmax temperature T of softmax(alpha/T) during the warm-up and at the first searching epoch "
+      "(bats uses --bats_t_start).", lower_bound=1e-3)
+    d(flags.DEFINE_float, "arch_t_end", 1.0,
+      "darts/dcp: temperature at the last epoch; geometric in between (bats uses --bats_t_end).", lower_bound=1e-3)
     d(flags.DEFINE_float, "arch_lr", 3e-4, "Adam learning rate of the architecture parameters.", lower_bound=0.0)
     d(flags.DEFINE_float, "arch_beta1", 0.5, "Adam beta1 of the architecture optimiser.", lower_bound=0.0)
     d(flags.DEFINE_float, "arch_weight_decay", 1e-3, "L2 decay of the architecture parameters.", lower_bound=0.0)
@@ -174,18 +181,35 @@ def define_search_flags():
     d(flags.DEFINE_integer, "cpu_devices", None,
       "Split the CPU into this many logical devices (to run --distribute=mirrored without GPUs).", lower_bound=1)
     # DCP-NAS
-    d(flags.DEFINE_bool, "dcp_kl", True, "DCP: Parent-Child KL term in the Child objective.")
+    d(flags.DEFINE_bool, "dcp_kl", True, "DCP: Parent-Child KL term in the Child's weight objective.")
     d(flags.DEFINE_float, "dcp_kl_weight", 1.0, "DCP: weight of the KL term.", lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_kl_arch", False, "DCP: the KL term in the architecture objective too (it rewards "
+                                               "ops binarisation does not change: pooling, skip).")
     d(flags.DEFINE_bool, "dcp_tangent", True, "DCP: tangent propagation towards the Parent's direction.")
-    d(flags.DEFINE_float, "dcp_tangent_weight", 0.5, "DCP: lambda of the tangent term.", lower_bound=0.0)
-    d(flags.DEFINE_bool, "dcp_ggn", True, "DCP: Gauss-Newton Hessian approximation (off: H = I).")
+    d(flags.DEFINE_float, "dcp_tangent_weight", 0.5,
+      "DCP: lambda of the tangent term (scale-aware: its norm relative to the architecture gradient).",
+      lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_tangent_normalize", True,
+      "DCP: scale-aware tangent term g + lambda*||g||*h/||h||; off: the literal g + 2*lambda*h.")
+    d(flags.DEFINE_bool, "dcp_ggn", False, "DCP: Gauss-Newton (outer products of micro-batch gradients) for H "
+                                           "in the tangent term; off: H = I.")
     d(flags.DEFINE_integer, "dcp_ggn_samples", 4, "DCP: micro-batches for the GGN outer products.", lower_bound=1)
     d(flags.DEFINE_bool, "dcp_decoupled", True, "DCP: decoupled-optimisation backtracking of alphas.")
+    d(flags.DEFINE_float, "dcp_decoupled_weight", 0.5,
+      "DCP: rho, the correction's norm relative to the architecture step (times psi; scale-aware mode).",
+      lower_bound=0.0)
+    d(flags.DEFINE_bool, "dcp_decoupled_normalize", True,
+      "DCP: scale-aware correction and RMS-normalised psi steps; off: the literal eta1*eta2*psi*alpha.")
     d(flags.DEFINE_float, "dcp_tau", 0.5, "DCP: weight-norm rank threshold (0-1) of the backtracking.",
       lower_bound=0.0, upper_bound=0.999)
     d(flags.DEFINE_float, "dcp_psi_lr", 0.01, "DCP: learning rate of the learnable psi.", lower_bound=0.0)
-    d(flags.DEFINE_bool, "dcp_inherit", True, "DCP: Child inherits Parent weights each epoch, Parent the "
-                                              "Child's architecture.")
+    d(flags.DEFINE_bool, "dcp_inherit", True, "DCP: Parent/Child inheritance at epoch boundaries (Algorithm 10).")
+    d(flags.DEFINE_bool, "dcp_arch_from_parent", True,
+      "DCP: each epoch begin the Child takes the Parent's architecture (plus its own epoch of updates) and the "
+      "Parent the result; off: only the Parent takes the Child's architecture at each epoch end.")
+    d(flags.DEFINE_bool, "dcp_inherit_weights", False,
+      "DCP: each epoch begin the Child also takes the Parent's weights and BatchNorm statistics (the book); off: "
+      "the binary Child keeps its own (real-valued statistics make its binary convs restart weak).")
     # BATS
     d(flags.DEFINE_float, "bats_t_start", 1.0, "BATS: softmax temperature at the first epoch.", lower_bound=1e-3)
     d(flags.DEFINE_float, "bats_t_end", 0.2, "BATS: softmax temperature at the last epoch.", lower_bound=1e-3)

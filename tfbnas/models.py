@@ -28,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfbnas.space.genotype import Genotype
-from tfbnas.space.ops import (batch_norm, check_group_policy, child_conv_bn, child_op, layer_classes, SpaceError)
+from tfbnas.space.ops import (FoldChannels, batch_norm, check_group_policy, child_conv_bn, child_op, child_shortcut,
+                              layer_classes, real_path, SpaceError)
 from tfbnas.space.supernet import reduction_cells
 
 
@@ -84,6 +85,14 @@ def child_cell(s0, s1, genotype: Genotype, channels: int, reduction: bool, reduc
     else:
         p0, _ = child_conv_bn(s0, channels, 1, binary=binary, prefix=f"{prefix}_pre0")
     p1, _ = child_conv_bn(s1, channels, 1, binary=binary, prefix=f"{prefix}_pre1")
+    real = real_path(genotype.preset)
+    if real:  # the real-valued inputs, folded onto `channels` and batch-normalised, around the binary 1x1s
+        add = tf.keras.layers.Add
+        r0 = FoldChannels(channels, name=f"{prefix}_pre0_fold")(
+            child_shortcut(s0, 2 if reduction_prev else 1, f"{prefix}_pre0"))
+        p0 = add(name=f"{prefix}_pre0_real_add")([batch_norm(name=f"{prefix}_pre0_real_bn")(r0), p0])
+        r1 = FoldChannels(channels, name=f"{prefix}_pre1_fold")(s1)
+        p1 = add(name=f"{prefix}_pre1_real_add")([batch_norm(name=f"{prefix}_pre1_real_bn")(r1), p1])
     states = [p0, p1]
     edges = genotype.cell(cell)
     for node in range(genotype.nodes):
@@ -93,7 +102,9 @@ def child_cell(s0, s1, genotype: Genotype, channels: int, reduction: bool, reduc
             y, _ = child_op(op, states[source], channels, stride, binary, group_policy,
                             prefix=f"{prefix}_node{node}_from{source}_{op}")
             outs.append(y)
-        states.append(tf.keras.layers.Add(name=f"{prefix}_node{node}_sum")(outs))
+        # bireal nodes are the mean of their two edges (keeps the real-valued stream's scale).
+        merge = tf.keras.layers.Average if real else tf.keras.layers.Add
+        states.append(merge(name=f"{prefix}_node{node}_sum")(outs))
     picked = [states[i] for i in genotype.concat(cell)]
     if len(picked) == 1:
         return picked[0]

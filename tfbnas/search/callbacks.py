@@ -30,7 +30,7 @@ class StrategySchedule(tf.keras.callbacks.Callback):
         if engine.parent is not None:
             engine.parent.temperature.assign(strategy.temperature(epoch))
         binary = strategy.child_binary(epoch)
-        arch = epoch >= engine.arch_frozen_epochs
+        arch = strategy.arch_enabled(epoch)
         if (binary, arch) != (engine.child_binary, engine.arch_enabled):
             engine.child_binary, engine.arch_enabled = binary, arch
             engine.train_function = engine.make_train_function(force=True)
@@ -60,8 +60,16 @@ class NanGuard(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+# Per-step diagnostics whose epoch value is their mean over the epoch's steps (not the last step's value).
+EPOCH_MEAN_KEYS = ("tangent_ratio", "tangent_perp_ratio", "decoupled_ratio", "tangent_cos", "psi_mean")
+
+
 class SearchRecorder(tf.keras.callbacks.Callback):
     """Per epoch: architecture-parameter history (CSV + plot), genotype, parameter-free op count, checkpoint.
+
+    The DCP diagnostics of :data:`EPOCH_MEAN_KEYS` (relative sizes of the tangent term and of the
+    decoupled correction after the optimiser) are averaged over the epoch's steps, written to
+    ``search_history.csv`` (and to the epoch logs that History and TensorBoard see) and printed.
 
     Args:
         run_dir: the run folder.
@@ -75,6 +83,22 @@ class SearchRecorder(tf.keras.callbacks.Callback):
         self.run_dir, self.manager, self.nan_guard, self.log = run_dir, checkpoint_manager, nan_guard, log
         self.csv_path = os.path.join(run_dir, "alphas.csv")
         self.history_path = os.path.join(run_dir, "search_history.csv")
+        self._sums, self._counts = {}, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._sums, self._counts = {}, {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in EPOCH_MEAN_KEYS:
+            value = (logs or {}).get(key)
+            if value is None or np.size(value) != 1:
+                continue
+            self._sums[key] = self._sums.get(key, 0.0) + float(np.asarray(value).reshape(()))
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def epoch_means(self):
+        """The epoch means of the :data:`EPOCH_MEAN_KEYS` seen so far in this epoch."""
+        return {k: self._sums[k] / self._counts[k] for k in self._sums}
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_guard is not None and self.nan_guard.failure is not None:
@@ -86,6 +110,9 @@ class SearchRecorder(tf.keras.callbacks.Callback):
         genotype = child.genotype()
         genotype.save(os.path.join(self.run_dir, "genotype.json"))
         free = count_param_free(genotype)
+        means = self.epoch_means()
+        if logs is not None:
+            logs.update(means)  # later callbacks (TensorBoard, History) see the epoch means too
         logs = dict(logs or {})
         logs["param_free_ops"] = free
         append_history(self.history_path, epoch, logs)
@@ -93,6 +120,8 @@ class SearchRecorder(tf.keras.callbacks.Callback):
         self.log(f"epoch {epoch + 1}: genotype has {free} parameter-free ops of {2 * 2 * child.nodes} edges"
                  f"{' (collapse warning: mostly parameter-free)' if free > child.nodes * 2 else ''}; "
                  f"T={float(child.temperature.numpy()):.3f}")
+        if means:
+            self.log("  epoch means: " + ", ".join(f"{k}={means[k]:.4g}" for k in EPOCH_MEAN_KEYS if k in means))
         self.log(f"  normal: {format_cell(genotype.normal)}")
         self.log(f"  reduce: {format_cell(genotype.reduce)}")
         self.manager.save(checkpoint_number=epoch + 1)
@@ -114,15 +143,26 @@ def write_alpha_rows(path, epoch, probs, op_names):
 
 
 def append_history(path, epoch, logs):
+    """Appends one epoch row; a key seen for the first time (e.g. architecture terms after a
+    weight-only warm-up) adds a column, earlier rows get an empty cell."""
     keys = sorted(k for k, v in logs.items() if np.isscalar(v))
-    new = not os.path.exists(path)
-    if not new:
+    rows = []
+    if os.path.exists(path):
         with open(path) as f:
-            header = f.readline().strip().split(",")
-        keys = [k for k in header if k != "epoch"] or keys
+            rows = list(csv.reader(f))
+    if rows:
+        header = [k for k in rows[0] if k != "epoch"]
+        added = [k for k in keys if k not in header]
+        if added:
+            keys = header + added
+            rows = [["epoch"] + keys] + [r + [""] * len(added) for r in rows[1:]]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(rows)
+        else:
+            keys = header
     with open(path, "a", newline="") as f:
         writer = csv.writer(f)
-        if new:
+        if not rows:
             writer.writerow(["epoch"] + keys)
         writer.writerow([epoch + 1] + [logs.get(k, "") for k in keys])
 

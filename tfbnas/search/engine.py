@@ -55,7 +55,8 @@ class SearchModel(tf.keras.Model):
         weight_decay: L2 weight decay of real-valued weights (latent binary kernels are exempt).
         arch_weight_decay: L2 decay of the architecture parameters (DARTS: 1e-3).
         grad_clip: global-norm clip of the weight gradients (DARTS: 5).
-        arch_frozen_epochs: leading epochs that train weights only (architecture warm-up).
+        arch_frozen_epochs: leading epochs that train weights only (architecture warm-up); ``None``
+            keeps the strategy's ``warmup_epochs``, a number sets it (the strategy owns the schedule).
 
     ``compile(arch_optimizer, weight_optimizer, parent_arch_optimizer=None, parent_weight_optimizer=None)``
     takes one optimiser per variable set. ``fit`` expects batches ``((x_train, y_train), (x_val, y_val))``.
@@ -69,17 +70,23 @@ class SearchModel(tf.keras.Model):
 
     def __init__(self, child: SuperNet, strategy: Strategy, parent: Optional[SuperNet] = None,
                  weight_decay: float = 3e-4, arch_weight_decay: float = 1e-3, grad_clip: float = 5.0,
-                 arch_frozen_epochs: int = 0, **kwargs):
+                 arch_frozen_epochs: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         if strategy.uses_parent and parent is None:
             raise ValueError(f"strategy '{strategy.name}' needs a real-valued Parent supernet")
         self.child, self.parent, self.strategy = child, parent, strategy
         self.weight_decay, self.arch_weight_decay, self.grad_clip = weight_decay, arch_weight_decay, grad_clip
-        self.arch_frozen_epochs = int(arch_frozen_epochs)
+        if arch_frozen_epochs is not None:
+            strategy.warmup_epochs = int(arch_frozen_epochs)
         # python-level switches of the current epoch (a change rebuilds the train function)
         self.child_binary = True
         self.arch_enabled = True
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+
+    @property
+    def arch_frozen_epochs(self) -> int:
+        """Leading weight-only epochs (the strategy's ``warmup_epochs``)."""
+        return self.strategy.warmup_epochs
 
     # ------------------------------------------------------------------ set-up
 
@@ -182,14 +189,15 @@ class SearchModel(tf.keras.Model):
         """
         parent, strategy, logs = self.parent, self.strategy, {}
         tangent, teacher_val = None, None
-        if strategy.parent_searches and self.arch_enabled:
-            def parent_arch_loss(logits, labels, _):
-                return _mean_terms({"ce": strategy_ce(logits, labels)})
-            tangent, _, teacher_val, parent_terms = self._arch_gradients(
-                parent, x_val, y_val, parent_arch_loss, 1, binary=False)
-            self.parent_arch_optimizer.apply_gradients(zip(tangent, parent.arch_variables),
-                                                       skip_gradients_aggregation=True)
-            logs["parent_val_ce"] = parent_terms["ce"]
+        if strategy.parent_searches:
+            if self.arch_enabled:  # warm-up: the Parent's architecture stays where it is, like the Child's
+                def parent_arch_loss(logits, labels, _):
+                    return _mean_terms({"ce": strategy_ce(logits, labels)})
+                tangent, _, teacher_val, parent_terms = self._arch_gradients(
+                    parent, x_val, y_val, parent_arch_loss, 1, binary=False)
+                self.parent_arch_optimizer.apply_gradients(zip(tangent, parent.arch_variables),
+                                                           skip_gradients_aggregation=True)
+                logs["parent_val_ce"] = parent_terms["ce"]
         else:
             for mine, theirs in zip(parent.arch_variables, self.child.arch_variables):
                 assign_variable(mine, theirs)  # a teacher-only Parent shares the Child's architecture
@@ -212,11 +220,24 @@ class SearchModel(tf.keras.Model):
             return _mean_terms(strategy.child_arch_loss(logits, labels, teacher))
 
         alphas = self.child.arch_variables
-        grads, micro, val_logits, arch_terms = self._arch_gradients(
+        plain, micro, val_logits, arch_terms = self._arch_gradients(
             self.child, x_val, y_val, child_arch_loss, k, binary=self.child_binary)
-        grads, extra = strategy.transform_arch_gradients(grads, micro, tangent)
+        grads, extra = strategy.transform_arch_gradients(plain, micro, tangent)
         before = [tf.identity(a) for a in alphas]
         self.arch_optimizer.apply_gradients(zip(grads, alphas), skip_gradients_aggregation=True)
+        if "tangent" in extra:
+            # The added term's size after the optimiser's preconditioning: ||P (grad - g)|| / ||P g||.
+            # tangent_perp_ratio: the same for the part of P (grad - g) orthogonal to P g (a part parallel to
+            # P g only rescales the step, which Adam's normalisation largely undoes).
+            p = optimizer_preconditioner(self.arch_optimizer, alphas)
+            added = [pi * (gr - g) for pi, gr, g in zip(p, grads, plain)]
+            base = [pi * g for pi, g in zip(p, plain)]
+            base_sq = tf.add_n([tf.reduce_sum(tf.square(b)) for b in base]) + 1e-24
+            along = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(added, base)]) / base_sq
+            base_norm = tf.sqrt(base_sq)
+            extra["tangent_ratio"] = tf.linalg.global_norm(added) / base_norm
+            perp = [a - along * b for a, b in zip(added, base)]
+            extra["tangent_perp_ratio"] = tf.linalg.global_norm(perp) / base_norm
         extra.update(strategy.after_arch_update(self, grads, before))
         logs = {f"arch_{name}": v for name, v in arch_terms.items()}
         logs.update(extra)
@@ -261,6 +282,22 @@ def strategy_ce(logits, labels):
 
 def _accuracy(logits, labels):
     return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)), tf.float32))
+
+
+def optimizer_preconditioner(optimizer, variables):
+    """Per-coordinate preconditioner ``P`` of the optimiser's last step, one tensor per variable.
+
+    Adam (tf_keras) steps ``-lr_t * m / (sqrt(v) + eps)``: ``P = 1 / (sqrt(v) + eps)`` read from its
+    second-moment slot ``v`` (call after ``apply_gradients``; the bias correction ``lr_t`` is one scalar
+    and cancels in ratios). Optimisers without a second moment: ``P = 1``.
+    """
+    velocities = getattr(optimizer, "_velocities", None)
+    index = getattr(optimizer, "_index_dict", None)
+    if not velocities or index is None or not hasattr(optimizer, "_var_key"):
+        return [tf.ones_like(v) for v in variables]
+    epsilon = getattr(optimizer, "epsilon", 1e-7)
+    return [1.0 / (tf.sqrt(tf.convert_to_tensor(velocities[index[optimizer._var_key(v)]])) + epsilon)
+            for v in variables]
 
 
 def _current_lr(optimizer):

@@ -47,6 +47,8 @@ class SearchConfig:
     search_examples: Optional[int] = None
     search_steps_per_epoch: Optional[int] = None
     arch_frozen_epochs: int = 0
+    arch_t_start: float = 1.0
+    arch_t_end: float = 1.0
     arch_lr: float = 3e-4
     arch_beta1: float = 0.5
     arch_weight_decay: float = 1e-3
@@ -61,14 +63,20 @@ class SearchConfig:
     cpu_devices: Optional[int] = None
     dcp_kl: bool = True
     dcp_kl_weight: float = 1.0
+    dcp_kl_arch: bool = False
     dcp_tangent: bool = True
     dcp_tangent_weight: float = 0.5
-    dcp_ggn: bool = True
+    dcp_tangent_normalize: bool = True
+    dcp_ggn: bool = False
     dcp_ggn_samples: int = 4
     dcp_decoupled: bool = True
+    dcp_decoupled_weight: float = 0.5
+    dcp_decoupled_normalize: bool = True
     dcp_tau: float = 0.5
     dcp_psi_lr: float = 0.01
     dcp_inherit: bool = True
+    dcp_arch_from_parent: bool = True
+    dcp_inherit_weights: bool = False
     bats_t_start: float = 1.0
     bats_t_end: float = 0.2
     bats_real_epochs: int = 0
@@ -81,12 +89,18 @@ class SearchConfig:
         return cls(**{k: v for k, v in flag_values_.items() if k in names})
 
     def strategy_kwargs(self):
+        """Keyword arguments of :func:`make_strategy`: the ``dcp_*``/``bats_*`` fields of the chosen
+        strategy without prefix, the warm-up, and the temperature schedule (``bats_t_*`` for bats,
+        ``arch_t_*`` for the others)."""
         prefix = self.strategy + "_"
         mapping = {"bats": {"t_start", "t_end", "real_epochs", "teacher", "kl_weight"},
-                   "dcp": {"kl", "kl_weight", "tangent", "tangent_weight", "ggn", "ggn_samples", "decoupled",
-                           "tau", "psi_lr", "inherit"}}.get(self.strategy, set())
-        return {k[len(prefix):]: v for k, v in dataclasses.asdict(self).items()
-                if k.startswith(prefix) and k[len(prefix):] in mapping}
+                   "dcp": {"kl", "kl_weight", "kl_arch", "tangent", "tangent_weight", "tangent_normalize", "ggn",
+                           "ggn_samples", "decoupled", "decoupled_weight", "decoupled_normalize", "tau", "psi_lr",
+                           "inherit", "arch_from_parent", "inherit_weights"}}.get(self.strategy, set())
+        kwargs = {"t_start": self.arch_t_start, "t_end": self.arch_t_end, "warmup_epochs": self.arch_frozen_epochs}
+        kwargs.update({k[len(prefix):]: v for k, v in dataclasses.asdict(self).items()
+                       if k.startswith(prefix) and k[len(prefix):] in mapping})
+        return kwargs
 
 
 @dataclasses.dataclass
@@ -141,8 +155,7 @@ def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: 
             if net is not None:
                 synchronize_batch_norm(net)
     engine = SearchModel(child, strategy, parent, weight_decay=config.search_weight_decay,
-                         arch_weight_decay=config.arch_weight_decay, grad_clip=config.grad_clip,
-                         arch_frozen_epochs=config.arch_frozen_epochs)
+                         arch_weight_decay=config.arch_weight_decay, grad_clip=config.grad_clip)
     total = steps_per_epoch * config.search_epochs
     arch_opt, weight_opt = _optimizers(config, total)
     parent_opts = _optimizers(config, total) if parent is not None else (None, None)

@@ -241,7 +241,8 @@ def _check_cell(cell: str) -> str:
     return cell
 
 
-def _derive_cell(alphas, ops, nodes, temperature, field) -> List[Tuple[str, int]]:
+def _select_cell(alphas, ops, nodes, temperature, field) -> List[Tuple[str, int, float, float]]:
+    """The kept edges of one cell as ``(op, source, p_op, p_runner_up)`` (non-zero ops only)."""
     alphas = np.asarray(alphas, dtype=np.float64)
     if alphas.shape != (num_edges(nodes), len(ops)):
         raise GenotypeError(
@@ -260,8 +261,37 @@ def _derive_cell(alphas, ops, nodes, temperature, field) -> List[Tuple[str, int]
         # Two strongest incoming edges by their strongest non-zero op (stable: ties keep the earlier input).
         sources = sorted(np.argsort(-strength, kind="stable")[:2])
         for source in sources:
-            edges.append((ops[keep[int(np.argmax(rows[source]))]], int(source)))
+            ranked = np.sort(rows[source])[::-1]
+            runner_up = float(ranked[1]) if len(ranked) > 1 else 0.0
+            edges.append((ops[keep[int(np.argmax(rows[source]))]], int(source), float(ranked[0]), runner_up))
     return edges
+
+
+def _derive_cell(alphas, ops, nodes, temperature, field) -> List[Tuple[str, int]]:
+    return [(op, source) for op, source, _, _ in _select_cell(alphas, ops, nodes, temperature, field)]
+
+
+def edge_margins(alphas_normal, alphas_reduce, preset: str = "dcp", nodes: int = 4,
+                 temperature: float = 1.0) -> dict:
+    """How clearly each kept edge's op won: per cell, one row per kept edge of :func:`derive_genotype`.
+
+    Each row is ``{"node", "source", "op", "p", "runner_up", "margin"}``: the op's probability
+    ``softmax(alpha / T)``, the best other non-zero op's, and their difference. Margins near 0 mean
+    the genotype is the argmax of noise.
+
+    Example:
+        >>> a = np.zeros((5, 8)); a[:, 6] = 1.0
+        >>> round(edge_margins(a, a, "dcp", 2)["normal"][0]["margin"], 3)
+        0.177
+    """
+    if preset not in PRESETS:
+        raise GenotypeError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)}.")
+    out = {}
+    for cell, alphas in (("normal", alphas_normal), ("reduce", alphas_reduce)):
+        rows = _select_cell(alphas, PRESETS[preset], nodes, temperature, f"alphas_{cell}")
+        out[cell] = [{"node": i // 2, "source": source, "op": op, "p": p, "runner_up": q, "margin": p - q}
+                     for i, (op, source, p, q) in enumerate(rows)]
+    return out
 
 
 def derive_genotype(alphas_normal, alphas_reduce, preset: str = "dcp", nodes: int = 4,
@@ -375,5 +405,6 @@ def plot_cell(genotype: Genotype, cell: str = "normal", path: str = "cell.png", 
     return written
 
 
-__all__ = ["Genotype", "GenotypeError", "derive_genotype", "count_param_free", "plot_cell", "num_edges",
+__all__ = ["Genotype", "GenotypeError", "derive_genotype", "edge_margins", "count_param_free", "plot_cell",
+           "num_edges",
            "edge_index", "FORMAT", "VERSION", "CELL_TYPES"]

@@ -8,6 +8,12 @@ search space:
   1x1 conv, because LCE never binarises depthwise convs: the depthwise part deploys as float).
 * ``"bats"`` (BATS): zero, skip, 3x3 max and avg pool, binary 3x3 / 5x5 grouped convs and
   3x3 / 5x5 dilated grouped convs, each followed by a binary 1x1 conv.
+* ``"bireal"``: zero, skip, 3x3 max and avg pool, and binary 3x3 / 5x5 convs, plain and dilated,
+  each with a real-valued shortcut around it as in Bi-Real Net (``x + BN(bconv(sign(x)))``; at
+  stride 2 the shortcut is the 3x3 max pool). Its cells also keep a real-valued path through their
+  input preprocessing (:func:`fold_channels`), so no sign bottleneck cuts the network. This is how
+  hand-designed BNNs that work are built; the other presets throw the real-valued information
+  away at every binary op.
 
 Each op exists in two forms built from the same table:
 
@@ -36,6 +42,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import larq as lq
 import numpy as np
 import tensorflow as tf
+
+from tfbnas.cost import OpCount, register_layer_cost
 
 
 class SpaceError(ValueError):
@@ -66,6 +74,7 @@ class OpSpec(NamedTuple):
         grouped: whether the kxk conv is grouped (group count from :func:`group_count`).
         pointwise: whether a binary 1x1 conv follows the kxk conv.
         deploys: what LCE makes of it.
+        shortcut: a real-valued shortcut is added around the op (identity; 3x3 max pool at stride 2).
     """
 
     name: str
@@ -75,6 +84,7 @@ class OpSpec(NamedTuple):
     grouped: bool = False
     pointwise: bool = False
     deploys: str = ""
+    shortcut: bool = False
 
 
 OPS: Dict[str, OpSpec] = {
@@ -99,6 +109,12 @@ OPS: Dict[str, OpSpec] = {
                deploys="LceBconv2d grouped, dilation 2 + LceBconv2d 1x1"),
         OpSpec("dil_group_conv_5x5", "conv", 5, 2, grouped=True, pointwise=True,
                deploys="LceBconv2d grouped, dilation 2 + LceBconv2d 1x1"),
+        OpSpec("bireal_conv_3x3", "conv", 3, shortcut=True, deploys="LceBconv2d + float ADD (shortcut)"),
+        OpSpec("bireal_conv_5x5", "conv", 5, shortcut=True, deploys="LceBconv2d + float ADD (shortcut)"),
+        OpSpec("bireal_dil_conv_3x3", "conv", 3, 2, shortcut=True,
+               deploys="LceBconv2d (dilation 2) + float ADD (shortcut)"),
+        OpSpec("bireal_dil_conv_5x5", "conv", 5, 2, shortcut=True,
+               deploys="LceBconv2d (dilation 2) + float ADD (shortcut)"),
     )
 }
 
@@ -107,7 +123,12 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
             "dil_conv_3x3", "dil_conv_5x5", "sep_conv_3x3", "sep_conv_5x5"),
     "bats": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
              "group_conv_3x3", "group_conv_5x5", "dil_group_conv_3x3", "dil_group_conv_5x5"),
+    "bireal": ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
+               "bireal_conv_3x3", "bireal_conv_5x5", "bireal_dil_conv_3x3", "bireal_dil_conv_5x5"),
 }
+
+# Presets whose cells keep a real-valued path through their 1x1 input preprocessing.
+REAL_PATH_PRESETS = frozenset({"bireal"})
 
 # Ops without learnable kxk weights (DARTS convention: skip counts as parameter-free).
 PARAM_FREE_OPS = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
@@ -122,6 +143,16 @@ def preset_ops(preset: str) -> Tuple[str, ...]:
     if preset not in PRESETS:
         raise SpaceError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)}.")
     return PRESETS[preset]
+
+
+def real_path(preset: str) -> bool:
+    """Whether the cells of ``preset`` add a real-valued shortcut to their binary preprocessing.
+
+    Raises:
+        SpaceError: unknown preset.
+    """
+    preset_ops(preset)
+    return preset in REAL_PATH_PRESETS
 
 
 def check_group_policy(group_policy):
@@ -260,6 +291,36 @@ def _pad_same(x, kernel_size: int, stride: int, dilation: int, value: float):
     return tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]], constant_values=value)
 
 
+def shortcut(x, stride: int = 1):
+    """The real-valued shortcut of a ``bireal`` op: ``x`` at stride 1, the 3x3 "same" max pool at stride 2.
+
+    Example:
+        >>> shortcut(tf.ones([1, 7, 7, 4]), 2).shape
+        TensorShape([1, 4, 4, 4])
+    """
+    return x if stride == 1 else tf.nn.max_pool2d(x, 3, stride, "SAME")
+
+
+def fold_channels(x, channels: int):
+    """Parameter-free real-valued map of ``x``'s channels onto ``channels``: the mean of its consecutive
+    ``channels``-wide slices (zero-padded to whole slices); ``x`` itself when the counts are equal.
+
+    The real path around a ``bireal`` cell's binary 1x1 preprocessing: a cell output (its nodes
+    concatenated) becomes the mean of its nodes.
+
+    Example:
+        >>> fold_channels(tf.reshape(tf.range(6.0), [1, 1, 1, 6]), 2).numpy().ravel()
+        array([2., 3.], dtype=float32)
+    """
+    cin = int(x.shape[-1])
+    if cin == channels:
+        return x
+    k = -(-cin // channels)
+    if k * channels != cin:
+        x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, k * channels - cin]])
+    return sum_tensors([x[..., i * channels:(i + 1) * channels] for i in range(k)]) * (1.0 / k)
+
+
 # --------------------------------------------------------------------------- supernet form
 
 
@@ -362,13 +423,15 @@ class SearchConvBN(SearchOp):
 class BinaryConvOp(SearchOp):
     """Binary kxk conv (dense, dilated or grouped) + BN, optionally followed by binary 1x1 + BN.
 
-    Used for ``dil_conv_*``, ``group_conv_*``, ``dil_group_conv_*`` and the cells' 1x1
+    Used for ``dil_conv_*``, ``group_conv_*``, ``dil_group_conv_*``, ``bireal_*`` and the cells' 1x1
     preprocessing.
 
     Args:
         filters: output channels.
         kernel_size, strides, dilation_rate, groups: of the kxk conv.
         pointwise: add a binary 1x1 conv after the kxk conv.
+        shortcut: add the real-valued input around the op (:func:`shortcut`; needs ``filters``
+            equal to the input channels).
 
     Example:
         >>> op = BinaryConvOp(32, 3, dilation_rate=2)
@@ -379,10 +442,11 @@ class BinaryConvOp(SearchOp):
     uses_quantized_input = True
 
     def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1,
-                 groups: int = 1, pointwise: bool = False, **kwargs):
+                 groups: int = 1, pointwise: bool = False, shortcut: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides = int(filters), int(kernel_size), int(strides)
         self.dilation_rate, self.groups, self.pointwise = int(dilation_rate), int(groups), bool(pointwise)
+        self.shortcut = bool(shortcut)
         self.conv = SearchConvBN(filters, kernel_size, strides, dilation_rate, groups, name="conv")
         self.pw = SearchConvBN(filters, 1, name="pw") if self.pointwise else None
 
@@ -393,7 +457,7 @@ class BinaryConvOp(SearchOp):
         y = self.conv(xq, training=training, binary=binary)
         if self.pw is not None:
             y = self.pw(quantize_input(y, binary), training=training, binary=binary)
-        return y
+        return y + shortcut(x, self.strides) if self.shortcut else y
 
     def op_weights(self):
         return self.conv.op_weights() + (self.pw.op_weights() if self.pw is not None else [])
@@ -401,7 +465,7 @@ class BinaryConvOp(SearchOp):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "dilation_rate": self.dilation_rate, "groups": self.groups,
-                "pointwise": self.pointwise}
+                "pointwise": self.pointwise, "shortcut": self.shortcut}
 
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
@@ -601,7 +665,8 @@ def make_search_op(name: str, channels: int, stride: int = 1, binary: bool = Tru
     if spec.kind == "sep_conv":
         return SepConvOp(channels, spec.kernel_size, stride, **kw)
     groups = group_count(channels, group_policy) if spec.grouped else 1
-    return BinaryConvOp(channels, spec.kernel_size, stride, spec.dilation, groups, spec.pointwise, **kw)
+    return BinaryConvOp(channels, spec.kernel_size, stride, spec.dilation, groups, spec.pointwise, spec.shortcut,
+                        **kw)
 
 
 # --------------------------------------------------------------------------- fused supernet form
@@ -739,6 +804,8 @@ class FusedEdgeOps(SearchOp):
                     _check_even_channels(self.channels)
                 self.weighted.append((col, name))
                 self.groups[name] = group_count(self.channels, group_policy) if spec.grouped else 1
+        # Ops with a real-valued shortcut: its mixing weights, summed, scale one shared shortcut per edge.
+        self.shortcut_columns = [col for col, name in self.weighted if OPS[name].shortcut]
         # BatchNorms: "<op>_bn" after the kxk (or depthwise) conv of ops with a 1x1 conv, "<op>_out_bn"
         # last, carrying the mixing weights.
         self.norms = {}
@@ -882,7 +949,18 @@ class FusedEdgeOps(SearchOp):
         if self.shared_ops:
             with tf.name_scope("shared"):
                 outputs.append(self._shared(x, mix))
+        if self.shortcut_columns:
+            with tf.name_scope("shortcut"):
+                outputs.append(self._shortcut(x, mix))
         return sum_tensors(outputs)
+
+    def _shortcut(self, x, mix):
+        # Edge e adds (sum of its shortcut ops' mixing weights) * shortcut(x).
+        weights = tf.reduce_sum(tf.gather(mix, self.shortcut_columns, axis=1), axis=1)  # [E]
+        y = shortcut(x, self.stride)
+        if self.num_edges == 1:
+            return weights[0] * y
+        return tf.tile(y, [1, 1, 1, self.num_edges]) * tf.repeat(weights, self.channels)
 
     def _binary_kernel(self, variable, binary):
         kernel = tf.convert_to_tensor(variable)
@@ -1030,6 +1108,39 @@ class ShiftPixel(tf.keras.layers.Layer):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
+class FoldChannels(tf.keras.layers.Layer):
+    """Child form of :func:`fold_channels`: the mean of the input's ``channels``-wide channel slices.
+
+    Args:
+        channels: output channels.
+
+    Example:
+        >>> FoldChannels(8)(tf.zeros([1, 7, 7, 24])).shape
+        TensorShape([1, 7, 7, 8])
+    """
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def call(self, inputs):
+        return fold_channels(inputs, self.channels)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)[:-1].concatenate([self.channels])
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@register_layer_cost(FoldChannels)
+def _fold_channels_cost(layer, input_shapes, output_shapes):
+    # k slices: k - 1 adds and one multiply per output element (nothing when the counts are equal).
+    slices = -(-int(input_shapes[0][-1]) // layer.channels)
+    return OpCount(minor_ops=slices * int(np.prod(output_shapes[0][1:])) if slices > 1 else 0)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class NativeQuantConv2D(lq.layers.QuantConv2D):
     """Larq's ``QuantConv2D`` computing its convolution as one native ``tf.nn.conv2d`` op.
 
@@ -1137,7 +1248,16 @@ def child_op(name: str, x, channels: int, stride: int = 1, binary: bool = True,
     if spec.pointwise:
         y, lp = child_conv_bn(y, channels, 1, binary=binary, prefix=f"{prefix}_pw")
         layers = layers + lp
+    if spec.shortcut:
+        y = tf.keras.layers.Add(name=f"{prefix}_shortcut_add")([child_shortcut(x, stride, prefix), y])
     return y, layers
+
+
+def child_shortcut(x, stride: int, prefix: str):
+    """Child form of :func:`shortcut`: ``x``, or a 3x3 "same" ``MaxPool2D`` at stride 2."""
+    if stride == 1:
+        return x
+    return tf.keras.layers.MaxPool2D(3, strides=stride, padding="same", name=f"{prefix}_shortcut_pool")(x)
 
 
 def transfer_weights(search_op: Optional[SearchOp], child_layers: Sequence[tf.keras.layers.Layer]):
@@ -1178,11 +1298,12 @@ def layer_classes() -> Dict[str, type]:
     """The tfbnas layer classes of this module, by class name."""
     return {cls.__name__: cls for cls in (HardTanh, SearchConvBN, BinaryConvOp, SepConvOp, PoolOp, IdentityOp,
                                           FactorizedReduceOp, ScaledBatchNorm, FusedEdgeOps, Subsample2D,
-                                          ShiftPixel, NativeQuantConv2D)}
+                                          ShiftPixel, FoldChannels, NativeQuantConv2D)}
 
 
 __all__ = [
-    "SpaceError", "OpSpec", "OPS", "PRESETS", "PARAM_FREE_OPS", "BATS_GROUPS", "LCE_GROUP_CHANNELS",
+    "SpaceError", "OpSpec", "OPS", "PRESETS", "REAL_PATH_PRESETS", "real_path", "shortcut", "fold_channels",
+    "FoldChannels", "child_shortcut", "PARAM_FREE_OPS", "BATS_GROUPS", "LCE_GROUP_CHANNELS",
     "GROUP_POLICIES", "BN_MOMENTUM", "BN_EPSILON", "preset_ops", "check_group_policy", "group_count",
     "lce_binary", "HardTanh", "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN",
     "BinaryConvOp", "SepConvOp", "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "ScaledBatchNorm",

@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from tfbnas.space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, FusedEdgeOps, SpaceError,
-                              check_group_policy, make_search_op, preset_ops, quantize_input, sum_tensors)
+                              check_group_policy, fold_channels, make_search_op, preset_ops, quantize_input,
+                              real_path, shortcut, sum_tensors)
 
 
 def reduction_cells(num_cells: int) -> List[int]:
@@ -109,7 +110,10 @@ class SearchCell(tf.keras.layers.Layer):
     """A searched cell: two inputs, ``nodes`` intermediate nodes, output = their concatenation.
 
     Inputs are preprocessed to ``channels`` channels by binary 1x1 convs (a binary factorized
-    reduce for ``s0`` when the previous cell reduced). Node ``i`` sums one mixed edge from every
+    reduce for ``s0`` when the previous cell reduced); in presets with a real path
+    (:func:`~tfbnas.space.ops.real_path`) each adds the real-valued input folded onto ``channels``
+    (:func:`~tfbnas.space.ops.fold_channels`, after the 3x3 max pool when it halves the resolution),
+    batch-normalised, and a node is the mean of its edges (half their sum). Node ``i`` sums one mixed edge from every
     earlier state; in a reduction cell, edges from the two inputs have stride 2.
 
     With ``fused=True`` (the default) the edges that leave one state are computed together by a
@@ -139,6 +143,15 @@ class SearchCell(tf.keras.layers.Layer):
         self.nodes, self.preset, self.binary, self.group_policy = int(nodes), preset, bool(binary), group_policy
         self.fused = bool(fused)
         op_names = preset_ops(preset)
+        self.real_path = real_path(preset)
+        # bireal: a node is the mean of its edges (0.5 x their sum: a derived node keeps two), and the real
+        # path around each preprocessing conv is batch-normalised, so the real-valued stream keeps its scale
+        # (summed identity paths would double it at every node, and sign's STE passes gradient only in [-1, 1]).
+        self.node_scale = 0.5 if self.real_path else 1.0
+        if self.real_path:
+            self.real_bn0, self.real_bn1 = (
+                tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"real_bn{i}")
+                for i in (0, 1))
         self.pre0 = (FactorizedReduceOp(self.channels, fast=self.fused, name="pre0") if self.reduction_prev
                      else BinaryConvOp(self.channels, 1, name="pre0"))
         self.pre1 = BinaryConvOp(self.channels, 1, name="pre1")
@@ -172,6 +185,10 @@ class SearchCell(tf.keras.layers.Layer):
     def call(self, s0, s1, mix, training=None, binary=None):
         binary = self.binary if binary is None else bool(binary)
         states = [self.pre0(s0, training=training, binary=binary), self.pre1(s1, training=training, binary=binary)]
+        if self.real_path:
+            r0 = fold_channels(shortcut(s0, 2 if self.reduction_prev else 1), self.channels)
+            states[0] += self.real_bn0(r0, training=training)
+            states[1] += self.real_bn1(fold_channels(s1, self.channels), training=training)
         if not self.fused:
             e = 0
             for node in range(self.nodes):
@@ -180,18 +197,21 @@ class SearchCell(tf.keras.layers.Layer):
                     y = self.mixed_edges[e](states[source], mix[e], training=training, binary=binary)
                     total = y if total is None else total + y
                     e += 1
-                states.append(total)
+                states.append(self._node(total))
             return tf.concat(states[2:], axis=-1)
         incoming = [[] for _ in range(self.nodes)]
         for j, layer in enumerate(self.sources):
             if j >= 2:  # node j - 2 is complete: all its sources come before it
-                states.append(sum_tensors(incoming[j - 2]))
+                states.append(self._node(sum_tensors(incoming[j - 2])))
             y = layer(states[j], tf.gather(mix, self.rows[j]), training=training, binary=binary)
             parts = tf.split(y, len(self.targets[j]), axis=-1) if len(self.targets[j]) > 1 else [y]
             for node, part in zip(self.targets[j], parts):
                 incoming[node].append(part)
-        states.append(sum_tensors(incoming[-1]))
+        states.append(self._node(sum_tensors(incoming[-1])))
         return tf.concat(states[2:], axis=-1)
+
+    def _node(self, total):
+        return total * self.node_scale if self.node_scale != 1.0 else total
 
     def edge_weight_norms(self, param_free_norm) -> tf.Tensor:
         """``[num_edges, num_ops]``: ``||w_m||^2`` of every (edge, op) (DCP's ``R(w_m)``).

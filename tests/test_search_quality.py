@@ -1,0 +1,83 @@
+"""``benchmarks/search_quality.py`` end to end at the smallest size, no mocks: one real search, one
+OPs-matched random genotype and the hand-designed ResNet trained with one proxy recipe; the SUMMARY
+line, the results files, a resumed call that trains nothing, and a one-line error for a changed config."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = [sys.executable, os.path.join(REPO, "benchmarks", "search_quality.py")]
+# The smoke search (DCP) for one step with one node per cell; the recipe: 1 epoch on 128 images, labels only
+# (--distill_alpha=0 skips the Parent phase to keep the test near 3 minutes on 2 cores).
+TINY = ["--flagfile=configs/smoke.flags", "--seeds=0", "--random=1", "--proxy_train_examples=128",
+        "--proxy_epochs=1", "--proxy_parent_epochs=1", "--search_epochs=1", "--search_steps_per_epoch=1",
+        "--nodes=1", "--val_fraction=0", "--distill_alpha=0", "--test_examples=64", "--benchmark_runs=2",
+        "--ops_tolerance=0.5"]
+SUMMARY = re.compile(r"^SUMMARY search-quality: searched mean 0\.\d{4} min 0\.\d{4} \(n=1\); random mean 0\.\d{4} "
+                     r"best 0\.\d{4} \(n=1\); hand-designed 0\.\d{4}; searched beats random mean on [01]/1 seeds$")
+TRAINING = re.compile(r"^\[\d+/\d+\] training ", re.M)
+
+
+def run(args, timeout=900):
+    return subprocess.run(SCRIPT + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def rows(results):
+    with open(results / "results.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    results = tmp_path_factory.mktemp("search_quality") / "results"
+    result = run(TINY + [f"--results_dir={results}"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return results, result
+
+
+def test_full_comparison_at_tiny_size(first):
+    results, result = first
+    assert SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
+    assert result.stdout.startswith("recipe (all models): train_examples=")
+    assert len(TRAINING.findall(result.stdout)) == 3
+    table = rows(results)
+    assert [(r["name"], r["group"], r["seed"]) for r in table] == [
+        ("searched-seed0", "searched", 0), ("random0", "random", None), ("hand-designed", "hand-designed", None)]
+    for r in table:
+        assert 0.0 <= r["top1"] <= 1.0 and r["ops"] > 0 and r["size_kib"] > 0 and r["latency_ms"] > 0, r
+    assert (results / "search_seed0" / "search_summary.json").exists()
+    assert (results / "random0.json").exists() and (results / "config.json").exists()
+    report = json.loads((results / "search_quality.json").read_text())
+    recipe = report["recipe"]
+    assert (recipe["train_examples"], recipe["epochs"], recipe["parent_epochs"]) == (128, 1, 0)
+    assert recipe["proxy"] == {"proxy_train_examples": 128, "proxy_epochs": 1, "proxy_parent_epochs": 1}
+    assert report["summary"]["n_searched"] == 1 and report["summary"]["n_random"] == 1
+    assert report["summary"]["line"] == result.stdout.strip().splitlines()[-1]
+    markdown = (results / "search_quality.md").read_text()
+    assert "| searched | 1 |" in markdown and "verdict: " in markdown
+
+
+def test_second_call_trains_nothing(first):
+    results, result = first
+    before = rows(results)
+    again = run(TINY + [f"--results_dir={results}"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not TRAINING.search(again.stdout), again.stdout
+    assert "search seed 0: finished earlier" in again.stdout
+    assert rows(results) == before
+    assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
+
+
+def test_changed_config_on_resume_is_one_line_exit_2(first):
+    results, _ = first
+    changed = run(TINY + ["--random_seed=7", f"--results_dir={results}"])
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("search_quality.py:")]
+    assert errors == [changed.stderr.strip().splitlines()[-1]]  # one line, the last (TensorFlow logs before it)
+    assert errors[0].startswith("search_quality.py: error: --random_seed=7 differs from --random_seed=1234"), errors
+    assert not TRAINING.search(changed.stdout)
