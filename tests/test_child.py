@@ -231,7 +231,8 @@ BIREAL = Genotype(
 
 def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
     """The Child form of the real paths (op shortcuts, folded and normalised preprocessing inputs, strided
-    max pool, nodes as means) computes what the supernet computes when its alphas select the genotype and every other edge is zero."""
+    max pool, nodes as means) computes what the supernet computes when its alphas select the genotype and
+    every other edge is zero."""
     from tfbnas.space import SuperNet, transfer_weights
     from tfbnas.space.ops import PRESETS
 
@@ -263,7 +264,8 @@ def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
             child.get_layer(f"cell{i}_pre{k}_real_bn").set_weights(bn.get_weights())
         for op, source in BIREAL.cell("reduce" if cell.reduction else "normal"):
             prefix = f"cell{i}_node0_from{source}_{op}"
-            transfer_weights(cell.mixed_edges[source].op(op), [child.get_layer(f"{prefix}_{n}") for n in ("qconv", "bn")])
+            layers = [child.get_layer(f"{prefix}_{n}") for n in ("qconv", "bn")]
+            transfer_weights(cell.mixed_edges[source].op(op), layers)
     assert any(layer.name.endswith("_fold") for layer in child.layers)
     assert any(layer.name.endswith("_shortcut_pool") for layer in child.layers)
     want = supernet(x, training=False, binary=True)

@@ -40,6 +40,10 @@ def test_smoke_search_writes_every_artefact(smoke_run):
     assert (out / "checkpoints" / "checkpoint").exists()
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").rglob("*"))
     assert "genotype (dcp" in result.stdout and "normal cell" in result.stdout
+    margins = summary(out)["edge_margins"]  # one row per kept edge, the genotype's op first
+    genotype = summary(out)["genotype"]
+    assert [[r["op"], r["source"]] for r in margins["normal"]] == [list(e) for e in genotype["normal"]]
+    assert all(0.0 <= r["margin"] <= r["p"] <= 1.0 for cell in ("normal", "reduce") for r in margins[cell])
     history = (out / "search_history.csv").read_text().splitlines()
     assert len(history) == 3 and "param_free_ops" in history[0] and "tangent" in history[0]
     alphas = (out / "alphas.csv").read_text().splitlines()

@@ -70,6 +70,15 @@ def build_report(summary: Dict, run_dir: str) -> str:
         out += _picture(run_dir, search.get("cell_normal"), "normal cell")
         out += _picture(run_dir, search.get("cell_reduce"), "reduction cell")
         out += _picture(run_dir, search.get("alphas_plot"), "architecture-parameter evolution")
+        margins = search.get("edge_margins")
+        if margins:
+            out += ["How clearly each kept edge's op won (`softmax(alpha / T)` of the op and of the best other "
+                    "non-zero op on that edge, at the final temperature):", "",
+                    "| cell | node | input | op | p | runner-up | margin |",
+                    "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+            out += [f"| {cell} | {r['node']} | {r['source']} | `{r['op']}` | {r['p']:.3f} | {r['runner_up']:.3f} | "
+                    f"{r['margin']:.3f} |" for cell in ("normal", "reduce") for r in margins.get(cell, [])]
+            out += [""]
 
     width = summary.get("width")
     if width:

@@ -19,7 +19,7 @@ from tfbnas.search.callbacks import NanGuard, SearchDiverged, SearchRecorder, St
 from tfbnas.search.distribute import is_chief, make_distribution
 from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
-from tfbnas.space.genotype import GenotypeError, count_param_free, plot_cell
+from tfbnas.space.genotype import GenotypeError, count_param_free, edge_margins, plot_cell
 from tfbnas.space.ops import SpaceError
 from tfbnas.space.supernet import SuperNet
 
@@ -245,7 +245,11 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
     genotype.save(os.path.join(run_dir, "genotype.json"))
     for cell in ("normal", "reduce"):
         plot_cell(genotype, cell, os.path.join(run_dir, f"cell_{cell}.png"), svg=True)
+    child = engine.child
+    margins = edge_margins(child.alphas_normal.numpy(), child.alphas_reduce.numpy(), child.preset, child.nodes,
+                           float(child.temperature.numpy()))
     summary = {"genotype": genotype.to_dict(), "param_free_ops": count_param_free(genotype),
+               "edge_margins": margins,
                "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
                "seconds": time.time() - start, "replicas": replicas,
                "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}
