@@ -1,6 +1,6 @@
 """Search-step speed: how close one supernet step runs to the machine's convolution throughput.
 
-    python benchmarks/search_step.py [--configs=smoke,fashion_mnist,cifar] [--presets=dcp,bats] [--steps=10]
+    python benchmarks/search_step.py [--configs=smoke,fashion_mnist,cifar] [--presets=dcp,bats,bireal] [--steps=10]
                                      [--plain] [--no_grappler]
 
 For each preset and config it measures, in one run:
@@ -209,7 +209,7 @@ def rss_mib():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="smoke,fashion_mnist,cifar")
-    parser.add_argument("--presets", default="dcp,bats")
+    parser.add_argument("--presets", default="dcp,bats,bireal")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--plain", action="store_true", help="also time the plain supernet (fused=False)")
     parser.add_argument("--no_grappler", action="store_true",
