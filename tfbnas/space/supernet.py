@@ -113,8 +113,8 @@ class SearchCell(tf.keras.layers.Layer):
     reduce for ``s0`` when the previous cell reduced); in presets with a real path
     (:func:`~tfbnas.space.ops.real_path`) each adds the real-valued input folded onto ``channels``
     (:func:`~tfbnas.space.ops.fold_channels`, after the 3x3 max pool when it halves the resolution),
-    batch-normalised, and a node is the mean of its edges (half their sum). Node ``i`` sums one mixed edge from every
-    earlier state; in a reduction cell, edges from the two inputs have stride 2.
+    batch-normalised, and a node is the mean of its edges (half their sum). Node ``i`` sums one mixed
+    edge from every earlier state; in a reduction cell, edges from the two inputs have stride 2.
 
     With ``fused=True`` (the default) the edges that leave one state are computed together by a
     :class:`~tfbnas.space.ops.FusedEdgeOps` as soon as that state exists (same mathematics, a
