@@ -55,8 +55,6 @@ class SearchModel(tf.keras.Model):
         weight_decay: L2 weight decay of real-valued weights (latent binary kernels are exempt).
         arch_weight_decay: L2 decay of the architecture parameters (DARTS: 1e-3).
         grad_clip: global-norm clip of the weight gradients (DARTS: 5).
-        arch_frozen_epochs: leading epochs that train weights only (architecture warm-up); ``None``
-            keeps the strategy's ``warmup_epochs``, a number sets it (the strategy owns the schedule).
 
     ``compile(arch_optimizer, weight_optimizer, parent_arch_optimizer=None, parent_weight_optimizer=None)``
     takes one optimiser per variable set. ``fit`` expects batches ``((x_train, y_train), (x_val, y_val))``.
@@ -69,15 +67,12 @@ class SearchModel(tf.keras.Model):
     """
 
     def __init__(self, child: SuperNet, strategy: Strategy, parent: Optional[SuperNet] = None,
-                 weight_decay: float = 3e-4, arch_weight_decay: float = 1e-3, grad_clip: float = 5.0,
-                 arch_frozen_epochs: Optional[int] = None, **kwargs):
+                 weight_decay: float = 3e-4, arch_weight_decay: float = 1e-3, grad_clip: float = 5.0, **kwargs):
         super().__init__(**kwargs)
         if strategy.uses_parent and parent is None:
             raise ValueError(f"strategy '{strategy.name}' needs a real-valued Parent supernet")
         self.child, self.parent, self.strategy = child, parent, strategy
         self.weight_decay, self.arch_weight_decay, self.grad_clip = weight_decay, arch_weight_decay, grad_clip
-        if arch_frozen_epochs is not None:
-            strategy.warmup_epochs = int(arch_frozen_epochs)
         # python-level switches of the current epoch (a change rebuilds the train function)
         self.child_binary = True
         self.arch_enabled = True
