@@ -160,17 +160,17 @@ def save_config(root: str, config: dict):
             json.dump(config, f, indent=2, sort_keys=True)
 
 
-def proxy_recipe(values: dict):
-    """The one training recipe: the flagfile's train flags with the proxy flags on top."""
+def proxy_recipe(values: dict, proxy: dict):
+    """The one training recipe: the flagfile's train flags with the proxy flags (``{flag: value}``) on top."""
     from tfbnas.train.recipe import TrainConfig
 
-    overrides = {field: FLAGS[flag].value for flag, field in PROXY_FLAGS.items() if FLAGS[flag].value}
+    overrides = {field: proxy[flag] for flag, field in PROXY_FLAGS.items() if proxy[flag]}
     config = TrainConfig.from_flags({**values, **overrides, "genotype": None})
     config.check()
     return config
 
 
-def describe_recipe(config, sizes) -> dict:
+def describe_recipe(config, sizes, proxy: dict) -> dict:
     teacher = config.distill_alpha > 0 or config.init_from_parent
     return {"train_examples": sizes["train"], "val_examples": sizes["val"], "test_examples": sizes["test"],
             "epochs": config.epochs, "two_stage": config.two_stage,
@@ -178,7 +178,7 @@ def describe_recipe(config, sizes) -> dict:
             "distill_alpha": config.distill_alpha, "distill_temperature": config.distill_temperature,
             "optimizer": config.optimizer, "lr": config.peak_lr, "lr_schedule": config.lr_schedule,
             "batch_size": config.batch_size, "seed": config.seed,
-            "proxy": {flag: FLAGS[flag].value for flag in PROXY_FLAGS}}
+            "proxy": dict(proxy)}
 
 
 def recipe_text(recipe: dict) -> str:
@@ -276,20 +276,24 @@ def matched_resnet_widths(target_ops: float, info) -> tuple:
     return min(seen, key=lambda w: abs(seen[w] - target_ops))
 
 
+def cell_builder(genotype, kwargs: dict) -> Callable[[], tuple]:
+    """``build()`` of a cell genotype's Entry: its Child and its real-valued Parent."""
+    from tfbnas.models import build_child, build_parent
+
+    return lambda: (build_child(genotype, **kwargs), build_parent(genotype, **kwargs))
+
+
 def entries(searched: list, kwargs: dict, info, root: str) -> list:
     """Every model of the comparison, in training order."""
     from tfbnas.baselines import binary_resnet
-    from tfbnas.models import build_child, build_parent
     from tfbnas.train.recipe import real_twin
-
-    def cell_model(genotype):
-        return lambda: (build_child(genotype, **kwargs), build_parent(genotype, **kwargs))
 
     target = float(np.mean([child_ops(s.genotype, kwargs) for s in searched]))
     print(f"searched Childs: mean {target / 1e6:.2f} M OPs")
-    rows = [Entry(s.name, "searched", s.seed, s.path, cell_model(s.genotype)) for s in searched]
+    rows = [Entry(s.name, "searched", s.seed, s.path, cell_builder(s.genotype, kwargs)) for s in searched]
     for i, genotype in enumerate(random_genotypes(searched[0].genotype, target, kwargs, root)):
-        rows.append(Entry(f"random{i}", "random", None, os.path.join(root, f"random{i}.json"), cell_model(genotype)))
+        rows.append(Entry(f"random{i}", "random", None, os.path.join(root, f"random{i}.json"),
+                          cell_builder(genotype, kwargs)))
     widths = matched_resnet_widths(target, info)
     print(f"hand-designed: binary_resnet widths {widths}")
 
@@ -334,8 +338,9 @@ def train_entry(entry: Entry, recipe, train_data, root: str, values: dict) -> di
 # ------------------------------------------------------------------------------------------ results
 
 
-def read_rows(path: str) -> dict:
-    """Finished rows by name; a line cut short by a kill is dropped (and the file rewritten without it)."""
+def read_rows(path: str, repair: bool = True) -> dict:
+    """Finished rows by name; a line cut short by a kill is dropped (and, with ``repair``, the file rewritten
+    without it: only the process that appends to the file may repair it)."""
     if not os.path.exists(path):
         return {}
     rows, broken = {}, False
@@ -346,7 +351,7 @@ def read_rows(path: str) -> dict:
                 rows[row["name"]] = row
             except (json.JSONDecodeError, KeyError, TypeError):
                 broken = broken or bool(line.strip())
-    if broken:
+    if broken and repair:
         with open(path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows.values())
     return rows
@@ -475,9 +480,10 @@ def main(argv):
     values = tflags.flag_values(["tfbnas"])
     config = configuration()
     check_config(root, config)
-    recipe = proxy_recipe(values)
+    proxy = {flag: config[flag] for flag in PROXY_FLAGS}
+    recipe = proxy_recipe(values, proxy)
     train_data = TrainData(recipe)
-    recipe_info = describe_recipe(recipe, train_data.sizes)
+    recipe_info = describe_recipe(recipe, train_data.sizes, proxy)
     print(recipe_text(recipe_info))
     given = [load_searched(recipe, f"searched{i}", None, p) for i, p in enumerate(config["genotypes"] or [])]
     save_config(root, config)  # (after the checks above, so a typo does not pin the folder's configuration)
@@ -494,7 +500,8 @@ def main(argv):
     print(f"\n{table}\n\nresults: {root} ({clock})\n{summary['line']}")
 
 
-def guarded_main(argv):
+def guarded_main(argv, main=main, program=PROGRAM):
+    """``main(argv)`` with the search's, training's and deployment's user errors as one line and exit 1."""
     from tfbnas.deploy import DeployError
     from tfbnas.search.run_search import USER_ERRORS as SEARCH_ERRORS
     from tfbnas.train.recipe import USER_ERRORS as TRAIN_ERRORS
@@ -503,7 +510,7 @@ def guarded_main(argv):
     try:
         main(argv)
     except errors as e:
-        print(f"{PROGRAM}: error: {e}", file=sys.stderr)
+        print(f"{program}: error: {e}", file=sys.stderr)
         sys.exit(1)
 
 

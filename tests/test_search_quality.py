@@ -81,3 +81,54 @@ def test_changed_config_on_resume_is_one_line_exit_2(first):
     assert errors == [changed.stderr.strip().splitlines()[-1]]  # one line, the last (TensorFlow logs before it)
     assert errors[0].startswith("search_quality.py: error: --random_seed=7 differs from --random_seed=1234"), errors
     assert not TRAINING.search(changed.stdout)
+
+
+ABLATION = [sys.executable, os.path.join(REPO, "benchmarks", "dcp_ablation.py")]
+ABLATION_SUMMARY = re.compile(r"^SUMMARY dcp-ablation: reference 0\.\d{4}; retrain 0\.\d{4} \([+-]0\.\d{4}\); "
+                              r"nodcp_tangent 0\.\d{4} \([+-]0\.\d{4}\); random mean 0\.\d{4}$")
+
+
+def ablate(args, timeout=900):
+    return subprocess.run(ABLATION + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ablation_searches_each_variant_with_the_reference_recipe(first, tmp_path):
+    results, _ = first
+    args = [f"--reference={results}", "--variants=retrain,nodcp_tangent", f"--ablation_dir={tmp_path}"]
+    result = ablate(args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert ABLATION_SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
+    table = rows(tmp_path)
+    assert [(r["name"], r["group"]) for r in table] == [("retrain-seed0", "retrain"),
+                                                        ("nodcp_tangent-seed0", "nodcp_tangent")]
+    reference = {r["name"]: r for r in rows(results)}
+    assert table[0]["genotype"] == reference["searched-seed0"]["genotype"]  # retrain: the reference's genotype
+    searched = tmp_path / "nodcp_tangent" / "search_seed0"
+    flags_used = json.loads((searched / "flags.json").read_text())
+    assert flags_used["dcp_tangent"] is False and flags_used["search_steps_per_epoch"] == 1  # the reference's rest
+    assert "| nodcp_tangent | --dcp_tangent=false |" in (tmp_path / "dcp_ablation.md").read_text()
+    again = ablate(args)  # resumed: nothing trained or searched again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training its Child" not in again.stdout and "searching in" not in again.stdout, again.stdout
+    assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("dcp_tangnet", "'dcp_tangnet' names no tfbnas flag"),
+    ("strategy", "'strategy' needs a value, e.g. strategy=dcp"),
+    ("strategy=greedy", "'strategy=greedy': value should be one of"),
+])
+def test_ablation_bad_variant_is_one_line_exit_2(first, tmp_path, variant, message):
+    results, _ = first
+    result = ablate([f"--reference={results}", f"--variants={variant}", f"--ablation_dir={tmp_path}"], timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dcp_ablation.py: error: --variants: ") and message in last, last
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_ablation_needs_a_search_quality_reference(tmp_path):
+    result = ablate([f"--reference={tmp_path}", f"--ablation_dir={tmp_path / 'out'}"], timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "is not a search-quality run (no config.json)" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
