@@ -21,8 +21,10 @@ strategy by plain DARTS (no Parent) and BATS:
 * ``strategy=darts``, ``strategy=bats``: the other strategies with the same space, warm-up and temperature.
 
 The special variant ``retrain`` (first by default) trains the reference's own searched genotypes again with
-the same recipe: its spread against the reference rows is the run-to-run noise of training alone (oneDNN's kernels are not
-bit-reproducible), the floor under which a variant's difference means nothing.
+the same recipe: its spread against the reference rows is the run-to-run noise of training alone (oneDNN's
+kernels are not bit-reproducible), the floor under which a variant's difference means nothing. Variants
+that change the Childs' OPs are also compared at equal OPs: the column "vs random line at its OPs" is the
+mean distance in top-1 points to the reference's random genotypes' line of top-1 over log OPs.
 
 ``RESULTS`` (``--results_dir`` [runs/dcp_ablation]) holds ``config.json`` (a second call must match it),
 ``results.jsonl`` (one row per trained Child; a second call continues where the first stopped),
@@ -175,9 +177,10 @@ def table(groups: dict, reference_rows: list, flags_of: dict) -> tuple:
     random_mean = _mean([r["top1"] for r in reference_rows if r["group"] == "random"])
     hand = _mean([r["top1"] for r in reference_rows if r["group"] == "hand-designed"])
     base = _mean([r["top1"] for r in groups["reference"]])
+    line = sq.random_line(reference_rows)
     lines = ["| variant | flag | top-1 per seed | mean ± std | vs reference | seeds above random mean | "
-             "param-free edges | mean top-2 margin | tangent ratio | decoupled ratio |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "vs random line at its OPs | OPs (M) | param-free edges | mean top-2 margin | tangent ratio | "
+             "decoupled ratio |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     parts = []
     for name, rows in groups.items():
         top1 = [r["top1"] for r in rows]
@@ -185,10 +188,14 @@ def table(groups: dict, reference_rows: list, flags_of: dict) -> tuple:
         delta = None if name == "reference" or None in (mean, base) else mean - base
         above = "n/a" if random_mean is None else f"{sum(t > random_mean for t in top1)}/{len(top1)}"
         figure = {key: _mean([r[key] for r in rows if r.get(key) is not None])
-                  for key in ("param_free_ops", "mean_margin", "tangent_ratio", "decoupled_ratio")}
+                  for key in ("ops", "param_free_ops", "mean_margin", "tangent_ratio", "decoupled_ratio")}
+        adjusted = None if line is None or not rows else 100 * _mean([r["top1"] - line(r["ops"]) for r in rows])
+        points = None if delta is None else 100 * delta
+        mops = None if figure["ops"] is None else figure["ops"] / 1e6
         lines.append(f"| {name} | {flags_of.get(name, '')} | {', '.join(f'{t:.4f}' for t in top1)} | "
-                     f"{_fmt(mean, '.4f')} ± {_fmt(std, '.4f')} | {_fmt(None if delta is None else 100 * delta, '+.2f')} | "
-                     f"{above} | {_fmt(figure['param_free_ops'], '.1f')} | {_fmt(figure['mean_margin'], '.3f')} | "
+                     f"{_fmt(mean, '.4f')} ± {_fmt(std, '.4f')} | {_fmt(points, '+.2f')} | "
+                     f"{above} | {_fmt(adjusted, '+.2f')} | {_fmt(mops, '.2f')} | "
+                     f"{_fmt(figure['param_free_ops'], '.1f')} | {_fmt(figure['mean_margin'], '.3f')} | "
                      f"{_fmt(figure['tangent_ratio'], '.3f')} | {_fmt(figure['decoupled_ratio'], '.3f')} |")
         parts.append(f"{name} {_fmt(mean, '.4f') or 'n/a'}" + ("" if delta is None else f" ({delta:+.4f})"))
     lines += ["", f"random genotypes (reference): mean {_fmt(random_mean, '.4f') or 'n/a'}; hand-designed "

@@ -380,11 +380,36 @@ def summarize(rows: list) -> dict:
     summary = {"searched_mean": s_mean, "searched_std": s_std, "searched_min": min(searched),
                "n_searched": len(searched), "random_mean": r_mean, "random_std": r_std, "random_best": max(random_),
                "n_random": len(random_), "hand_designed": hand, "beats_random_mean": beats, "ranks": ranks}
+    summary.update(ops_adjusted(rows))
     summary["verdict"] = verdict(summary)
     summary["line"] = (f"SUMMARY search-quality: searched mean {s_mean:.4f} min {min(searched):.4f} "
                        f"(n={len(searched)}); random mean {r_mean:.4f} best {max(random_):.4f} (n={len(random_)}); "
                        f"hand-designed {hand:.4f}; searched beats random mean on {beats}/{len(searched)} seeds")
     return summary
+
+
+def random_line(rows: list) -> Optional[Callable[[float], float]]:
+    """The random genotypes' least-squares line of top-1 over log OPs, as ``top1(ops)``; None with fewer than
+    3 random rows or when they all have one OPs count."""
+    random_ = [r for r in rows if r["group"] == "random"]
+    x = np.log([r["ops"] for r in random_])
+    if len(random_) < 3 or np.ptp(x) == 0:
+        return None
+    slope, intercept = np.polyfit(x, [r["top1"] for r in random_], 1)
+    return lambda ops: float(intercept + slope * np.log(ops))
+
+
+def ops_adjusted(rows: list) -> dict:
+    """Each searched (and the hand-designed) model's top-1 minus the :func:`random_line` at its OPs
+    (``residuals`` by name, the searched ones' ``adjusted_mean``): the ±tolerance OPs window lets a bigger
+    Child win by size alone, this compares at equal OPs. Empty without a random line."""
+    line = random_line(rows)
+    if line is None:
+        return {}
+    residuals = {r["name"]: r["top1"] - line(r["ops"]) for r in rows if r["group"] in ("searched", "hand-designed")}
+    searched = [v for name, v in residuals.items() if name != "hand-designed"]
+    return {"residuals": residuals, "adjusted_mean": float(np.mean(searched)),
+            "points_per_doubling": line(2.0) - line(1.0)}
 
 
 def verdict(s: dict) -> str:
@@ -404,17 +429,25 @@ def verdict(s: dict) -> str:
         why = ("" if k < n else ", but too few models to measure the spread" if not se else
                ", but by less than 2 standard errors")
         head = f"inconclusive: {k}/{n} searched Childs above the random mean{why}"
-    return f"verdict: {head} ({gap}){hand_text}"
+    adjusted = ""
+    if "adjusted_mean" in s:
+        adjusted = (f"; at equal OPs (the random genotypes' top-1 over log OPs, {100 * s['points_per_doubling']:+.2f} "
+                    f"points per doubling) the searched Childs lie {100 * s['adjusted_mean']:+.2f} points above "
+                    f"the random line, the hand-designed ResNet {100 * s['residuals']['hand-designed']:+.2f}")
+    return f"verdict: {head} ({gap}){hand_text}{adjusted}"
 
 
 def markdown(rows: list, summary: dict, recipe: dict) -> str:
     lines = [recipe_text(recipe), "",
-             "| model | group | seed | test top-1 | rank among random | OPs (M) | TFLite KiB | latency ms "
-             "(host, indirect bgemm) | seconds |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | group | seed | test top-1 | rank among random | vs random line at its OPs | OPs (M) | "
+             "TFLite KiB | latency ms (host, indirect bgemm) | seconds |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         rank = f"{summary['ranks'][r['name']]} of {summary['n_random'] + 1}" if r["name"] in summary["ranks"] else ""
+        residual = summary.get("residuals", {}).get(r["name"])
+        residual = "" if residual is None else f"{100 * residual:+.2f}"
         lines.append(f"| {r['name']} | {r['group']} | {'' if r['seed'] is None else r['seed']} | {r['top1']:.4f} | "
-                     f"{rank} | {r['ops'] / 1e6:.2f} | {r['size_kib']:.1f} | {r['latency_ms']:.3f} | "
+                     f"{rank} | {residual} | {r['ops'] / 1e6:.2f} | {r['size_kib']:.1f} | {r['latency_ms']:.3f} | "
                      f"{r['seconds']:.0f} |")
     lines += ["", "| group | n | test top-1 mean ± std | OPs (M) | TFLite KiB | latency ms |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]

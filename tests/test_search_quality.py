@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,3 +133,35 @@ def test_ablation_needs_a_search_quality_reference(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "is not a search-quality run (no config.json)" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def _benchmark_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("search_quality_benchmark",
+                                                  os.path.join(REPO, "benchmarks", "search_quality.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ops_adjusted_compares_at_equal_ops():
+    sq = _benchmark_module()
+    line = lambda ops: 0.5 + 0.02 * np.log(ops)  # noqa: E731  (random genotypes: exactly on a line in log OPs)
+    figures = {"size_kib": 50.0, "latency_ms": 1.0, "seconds": 10.0, "seed": None}
+    rows = [{**figures, "name": f"random{i}", "group": "random", "ops": ops, "top1": line(ops)}
+            for i, ops in enumerate((0.5e6, 0.7e6, 1.0e6, 1.4e6))]
+    rows += [{**figures, "name": "searched-seed0", "group": "searched", "ops": 1.4e6, "top1": line(1.4e6) - 0.005},
+             {**figures, "name": "searched-seed1", "group": "searched", "ops": 0.5e6, "top1": line(0.5e6) + 0.03},
+             {**figures, "name": "hand-designed", "group": "hand-designed", "ops": 0.7e6, "top1": line(0.7e6)}]
+    summary = sq.summarize(rows)
+    # both beat the random mean (0.7727), seed0 by size alone: at its OPs it is below the random line
+    assert summary["beats_random_mean"] == 2
+    np.testing.assert_allclose([summary["residuals"][n] for n in ("searched-seed0", "searched-seed1",
+                                                                  "hand-designed")], [-0.005, 0.03, 0.0], atol=1e-9)
+    np.testing.assert_allclose(summary["adjusted_mean"], 0.0125, atol=1e-9)
+    np.testing.assert_allclose(summary["points_per_doubling"], 0.02 * np.log(2), atol=1e-9)
+    assert "the searched Childs lie +1.25 points above the random line, the hand-designed ResNet +0.00" in \
+        summary["verdict"]
+    table = sq.markdown(rows, summary, {"proxy": {}})
+    assert "| searched-seed0 | searched |  | 0.7780 | 2 of 5 | -0.50 | 1.40 |" in table, table
