@@ -6,6 +6,8 @@
   Channel-Bench-Macro MobileNet space (real or 1-bit) with stochastic complementary training.
 * :mod:`tfbnas.width.evolution` — budgeted evolutionary search (prior initial population) as a
   keras-tuner Oracle/Tuner, and the random-search control.
+* :mod:`tfbnas.width.surrogate` — model-based search (additive Bayesian surrogate, Thompson sampling,
+  re-evaluation under noise) as a keras-tuner Oracle; the default of ``run_width_search``.
 * :mod:`tfbnas.width.channel_bench` — the Channel-Bench-Macro table as a ground-truth oracle.
 
 Command line: ``python -m tfbnas.width --method=dnal|bcnet ...`` (see ``docs/width_search.md``).
@@ -21,9 +23,11 @@ from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, finetune,
                                train_gates, train_weights)
 from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, WidthSpace, WidthTuner,  # noqa: E402
                                     run_width_search)
+from tfbnas.width.surrogate import AdditiveSurrogate, SurrogateWidthOracle  # noqa: E402
 from tfbnas.width.bcnet import BCNetSupernet, build_macro_model  # noqa: E402
 
 __all__ = [
+    "AdditiveSurrogate",
     "BCNetSupernet",
     "ChannelBenchMacro",
     "ChannelGate",
@@ -31,6 +35,7 @@ __all__ = [
     "EvolutionWidthOracle",
     "PruneError",
     "RandomWidthOracle",
+    "SurrogateWidthOracle",
     "WidthSearchError",
     "WidthSpace",
     "WidthTuner",

@@ -226,6 +226,13 @@ class _BudgetedWidthOracle(kt.Oracle):
         self.origins[trial_id] = origin
         return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": self.space.values_from_widths(widths)}
 
+    def best_widths(self) -> Widths:
+        """The final choice: here the completed trial with the best score."""
+        best = self.get_best_trials(1)
+        if not best or best[0].score is None:
+            raise WidthSearchError("no completed trial yet: run search() first")
+        return self.space.widths_from_values(best[0].hyperparameters.values)
+
     def get_state(self):
         state = super().get_state()
         state["origins"] = dict(self.origins)
@@ -376,7 +383,8 @@ class WidthTuner(kt.Tuner):
     """Runs a width oracle: each trial scores one width vector with ``evaluator`` (no training).
 
     Args:
-        oracle: an :class:`EvolutionWidthOracle` or :class:`RandomWidthOracle`.
+        oracle: a :class:`~tfbnas.width.surrogate.SurrogateWidthOracle`, :class:`EvolutionWidthOracle` or
+            :class:`RandomWidthOracle`.
         evaluator: ``evaluator(widths) -> float`` (higher is better) or a dict of metrics with a
             ``"score"`` entry, e.g. a table lookup or :meth:`BCNetSupernet.score_widths`.
         directory, project_name, overwrite: keras-tuner's project directory; with
@@ -390,7 +398,8 @@ class WidthTuner(kt.Tuner):
 
     def __init__(self, oracle: _BudgetedWidthOracle, evaluator: Callable[[Widths], Union[float, dict]], **kwargs):
         if not isinstance(oracle, _BudgetedWidthOracle):
-            raise WidthSearchError("WidthTuner needs an EvolutionWidthOracle or RandomWidthOracle")
+            raise WidthSearchError("WidthTuner needs a width oracle: SurrogateWidthOracle, EvolutionWidthOracle "
+                                   "or RandomWidthOracle")
         if not callable(evaluator):
             raise WidthSearchError("evaluator must be callable: evaluator(widths) -> score")
         self.evaluator = evaluator
@@ -424,27 +433,33 @@ class WidthTuner(kt.Tuner):
         return len(self.oracle._completed())
 
     def best_widths(self) -> Widths:
-        """The best width vector found so far."""
-        best = self.oracle.get_best_trials(1)
-        if not best or best[0].score is None:
-            raise WidthSearchError("no completed trial yet: run search() first")
-        return self.oracle.space.widths_from_values(best[0].hyperparameters.values)
+        """The oracle's final choice: the best-scoring trial, or the surrogate's best posterior mean."""
+        return self.oracle.best_widths()
 
 
-def run_width_search(space: WidthSpace, evaluator: Callable, method: str = "evolution", max_trials: int = 100,
+def run_width_search(space: WidthSpace, evaluator: Callable, method: str = "surrogate", max_trials: int = 100,
                      directory: str = "width_search", project_name: Optional[str] = None, seed: int = 0,
                      overwrite: bool = False, **oracle_kwargs) -> WidthTuner:
-    """Build the oracle and tuner for ``method`` (``"evolution"`` or ``"random"``) and run the search.
+    """Build the oracle and tuner for ``method`` and run the search.
+
+    Args:
+        method: ``"surrogate"`` (:class:`~tfbnas.width.surrogate.SurrogateWidthOracle`, the default),
+            ``"evolution"`` or ``"random"``.
+        oracle_kwargs: passed to the oracle's constructor.
 
     Returns:
         The :class:`WidthTuner` after ``search`` (resumed if the project existed and ``overwrite`` is False).
     """
-    if method == "evolution":
+    if method == "surrogate":
+        from tfbnas.width.surrogate import SurrogateWidthOracle  # the module builds on this one
+
+        oracle = SurrogateWidthOracle(space, max_trials=max_trials, seed=seed, **oracle_kwargs)
+    elif method == "evolution":
         oracle = EvolutionWidthOracle(space, max_trials=max_trials, seed=seed, **oracle_kwargs)
     elif method == "random":
         oracle = RandomWidthOracle(space, max_trials=max_trials, seed=seed, **oracle_kwargs)
     else:
-        raise WidthSearchError(f"unknown search method '{method}'; use 'evolution' or 'random'")
+        raise WidthSearchError(f"unknown search method '{method}'; use 'surrogate', 'evolution' or 'random'")
     tuner = WidthTuner(oracle, evaluator, directory=directory, project_name=project_name or f"{method}_seed{seed}",
                        overwrite=overwrite)
     tuner.search(verbose=0)
