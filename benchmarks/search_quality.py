@@ -28,7 +28,8 @@ second call must match it), ``results.jsonl`` (one row per finished model: a sec
 continues where the first stopped; searches and trainings killed half-way resume from their checkpoints),
 ``models/<name>/`` (training run folders), ``search_quality.md`` (the tables) and ``search_quality.json``
 (rows, recipe, summary). The output ends with the table of mean ± std per group, the rank of each searched
-Child among the random ones, a one-line verdict and, as the last line::
+Child among the random ones, its distance to the random genotypes' line of top-1 over log OPs (a comparison
+at equal OPs, since the OPs window lets bigger Childs in), a one-line verdict and, as the last line::
 
     SUMMARY search-quality: searched mean 0.xxxx min 0.xxxx (n=3); random mean 0.xxxx best 0.xxxx (n=10); \
 hand-designed 0.xxxx; searched beats random mean on k/3 seeds
