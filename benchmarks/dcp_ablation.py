@@ -77,15 +77,12 @@ def read_reference(root: str) -> dict:
     if config.get("genotypes"):
         raise ConfigError(f"--reference={root} trained given --genotypes, not searches: an ablation needs a "
                           "reference that searched")
-    unfinished = [s for s in config["seeds"] if not os.path.exists(reference_search(root, s, "search_summary.json"))]
+    unfinished = [s for s in config["seeds"]
+                  if not os.path.exists(os.path.join(sq.search_folder(root, s), "search_summary.json"))]
     if unfinished:
         raise ConfigError(f"--reference={root} has not finished its search for seed {unfinished[0]}: let "
                           "benchmarks/search_quality.py run past its searches first")
     return config
-
-
-def reference_search(root: str, seed: int, name: str = "") -> str:
-    return os.path.join(root, f"search_seed{seed}", name)
 
 
 def parse_variant(text: str, values: dict) -> dict:
@@ -140,11 +137,10 @@ def run_variant(name: str, overrides: dict, values: dict, seeds: list, reference
     for seed in seeds:
         row_name = f"{name}-seed{seed}"
         if name == RETRAIN:
-            folder = reference_search(reference_root, seed)
-            genotype = reference_search(reference_root, seed, "genotype.json")
+            genotype = os.path.join(sq.search_folder(reference_root, seed), "genotype.json")
         else:
-            folder = os.path.join(root, name, f"search_seed{seed}")
             genotype = sq.run_search({**values, **overrides}, seed, os.path.join(root, name), clock)
+        folder = os.path.dirname(genotype)
         if row_name in done:
             row = done[row_name]
             print(f"{row_name}: finished earlier, top-1 {row['top1']:.4f} (kept)")
@@ -229,7 +225,8 @@ def main(argv):
     sq.save_config(root, config)
 
     seeds = reference["seeds"]
-    first = sq.load_searched(recipe, "reference", seeds[0], reference_search(reference_root, seeds[0], "genotype.json"))
+    first = sq.load_searched(recipe, "reference", seeds[0],
+                             os.path.join(sq.search_folder(reference_root, seeds[0]), "genotype.json"))
     recipe, info = first.recipe, train_data.info
     kwargs = dict(num_classes=info.num_classes, input_shape=info.image_shape, init_channels=recipe.init_channels,
                   num_cells=recipe.num_cells, widths=recipe.widths)
@@ -244,7 +241,7 @@ def main(argv):
     reference_rows = list(sq.read_rows(os.path.join(reference_root, "results.jsonl"), repair=False).values())
     searched = [r for r in reference_rows if r["group"] == "searched"]
     for row in searched:  # the reference's own search figures, for the table
-        row.update(search_figures(reference_search(reference_root, row["seed"])))
+        row.update(search_figures(sq.search_folder(reference_root, row["seed"])))
     text, summary = table({"reference": searched, **groups}, reference_rows, flags_of)
     with open(os.path.join(root, "dcp_ablation.md"), "w") as f:
         f.write(text + "\n\n" + summary + "\n")

@@ -191,11 +191,16 @@ def recipe_text(recipe: dict) -> str:
 # ------------------------------------------------------------------------------------------- models
 
 
+def search_folder(root: str, seed: int) -> str:
+    """Where the search of ``seed`` runs: ``root/search_seed<seed>``."""
+    return os.path.join(root, f"search_seed{seed}")
+
+
 def run_search(values: dict, seed: int, root: str, clock: Clock) -> str:
-    """The main job's search with ``seed`` into ``root/search_seed<seed>`` (resumed, or kept when done)."""
+    """The main job's search with ``seed`` into :func:`search_folder` (resumed, or kept when done)."""
     from tfbnas.search.run_search import SearchConfig, search
 
-    folder = os.path.join(root, f"search_seed{seed}")
+    folder = search_folder(root, seed)
     genotype = os.path.join(folder, "genotype.json")
     if os.path.exists(os.path.join(folder, "search_summary.json")):
         print(f"search seed {seed}: finished earlier, kept {genotype}")
