@@ -198,6 +198,7 @@ class _BudgetedWidthOracle(kt.Oracle):
         self.max_attempts = int(max_attempts)
         # trial_id -> how the proposal was made (initial / mutation / crossover / random).
         self.origins: Dict[str, str] = {}
+        self._initial: Optional[List[Widths]] = None  # the seeded initial proposals, made on first use
 
     def _rng(self, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([int(self.seed), len(self.trials), int(salt)])
@@ -220,6 +221,23 @@ class _BudgetedWidthOracle(kt.Oracle):
                 out.append((self.space.widths_from_values(trial.hyperparameters.values), float(trial.score)))
         return out
 
+    #: Key of the initial proposals in the oracle state (``get_state``).
+    INITIAL_STATE_KEY = "initial"
+
+    def _make_initial(self) -> List[Widths]:
+        """The search's initial proposals, in order (none here; subclasses with an initial phase override)."""
+        return []
+
+    def _initial_proposal(self, trial_id: str):
+        """The next initial proposal not tried yet (the list made once by :meth:`_make_initial`, then kept in
+        the state so a resumed search continues it), or None when all have been proposed."""
+        if self._initial is None:
+            self._initial = self._make_initial()
+        for widths in self._initial:
+            if not self._duplicate(self.space.values_from_widths(widths)):
+                return self._propose(trial_id, widths, "initial")
+        return None
+
     def _propose(self, trial_id: str, widths: Optional[Widths], origin: str):
         if widths is None:
             return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
@@ -236,11 +254,14 @@ class _BudgetedWidthOracle(kt.Oracle):
     def get_state(self):
         state = super().get_state()
         state["origins"] = dict(self.origins)
+        state[self.INITIAL_STATE_KEY] = None if self._initial is None else [list(w) for w in self._initial]
         return state
 
     def set_state(self, state):
         super().set_state(state)
         self.origins = dict(state.get("origins", {}))
+        initial = state.get(self.INITIAL_STATE_KEY)
+        self._initial = None if initial is None else [tuple(float(x) for x in w) for w in initial]
 
 
 class RandomWidthOracle(_BudgetedWidthOracle):
@@ -276,6 +297,8 @@ class EvolutionWidthOracle(_BudgetedWidthOracle):
         >>> oracle = EvolutionWidthOracle(space, max_trials=100, population_size=16, seed=3)
     """
 
+    INITIAL_STATE_KEY = "initial_population"
+
     def __init__(self, space: WidthSpace, max_trials: int, population_size: int = 16, mutation_prob: float = 0.5,
                  tournament_size: int = 4, initial_population: str = "prior", prior_candidates: int = 10,
                  layer_prior=None, seed: Optional[int] = None, max_attempts: int = 200, **kwargs):
@@ -294,10 +317,9 @@ class EvolutionWidthOracle(_BudgetedWidthOracle):
         self.initial_population = initial_population
         self.prior_candidates = int(prior_candidates)
         self.layer_prior = _check_prior(space, layer_prior)
-        self._initial: Optional[List[Widths]] = None
 
     # ------------------------------------------------------------------ initial population
-    def _make_initial_population(self) -> List[Widths]:
+    def _make_initial(self) -> List[Widths]:
         rng = np.random.default_rng([int(self.seed), 7919])
         wanted = self.population_size * (self.prior_candidates if self.initial_population == "prior" else 1)
         seen, candidates = set(), []
@@ -347,11 +369,9 @@ class EvolutionWidthOracle(_BudgetedWidthOracle):
         return tuple(x if t else y for x, y, t in zip(a, b, take_a))
 
     def populate_space(self, trial_id):
-        if self._initial is None:
-            self._initial = self._make_initial_population()
-        for widths in self._initial:
-            if not self._duplicate(self.space.values_from_widths(widths)):
-                return self._propose(trial_id, widths, "initial")
+        initial = self._initial_proposal(trial_id)
+        if initial is not None:
+            return initial
         completed = self._completed()
         if not completed:  # initial members still running: explore meanwhile
             return self._propose(trial_id, self._random_feasible(self._rng(), self.layer_prior), "random")
@@ -368,15 +388,6 @@ class EvolutionWidthOracle(_BudgetedWidthOracle):
                 return self._propose(trial_id, child, origin)
         return self._propose(trial_id, self._random_feasible(self._rng(), self.layer_prior), "random")
 
-    def get_state(self):
-        state = super().get_state()
-        state["initial_population"] = None if self._initial is None else [list(w) for w in self._initial]
-        return state
-
-    def set_state(self, state):
-        super().set_state(state)
-        initial = state.get("initial_population")
-        self._initial = None if initial is None else [tuple(float(x) for x in w) for w in initial]
 
 
 class WidthTuner(kt.Tuner):

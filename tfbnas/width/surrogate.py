@@ -276,6 +276,8 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
         >>> tuner = WidthTuner(oracle, evaluator, directory="runs/ws", project_name="surrogate")
     """
 
+    INITIAL_STATE_KEY = "initial_design"
+
     def __init__(self, space: WidthSpace, max_trials: int, initial_trials: Optional[int] = None,
                  reevaluation_fraction: float = 0.3, max_enumerate: int = 100_000, candidates: int = 20_000,
                  seed: Optional[int] = None, max_attempts: int = 200, **kwargs):
@@ -293,7 +295,6 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
         self.reevaluation_fraction = float(reevaluation_fraction)
         self.max_enumerate = int(max_enumerate)
         self.candidates = int(candidates)
-        self._initial: Optional[List[Widths]] = None
         self._grid: Optional[Dict[str, np.ndarray]] = None
         self._model_cache: Tuple[Tuple[str, ...], Optional[AdditiveSurrogate]] = ((), None)
 
@@ -357,7 +358,7 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
         return not model.deterministic
 
     # ------------------------------------------------------------------ initial design
-    def _make_initial_design(self) -> List[Widths]:
+    def _make_initial(self) -> List[Widths]:
         rng = np.random.default_rng([int(self.seed), 7919])
         wanted = 50 * self.initial_trials
         grid = self._enumerated()
@@ -436,11 +437,9 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
         return self._widths(model.levels[pick]), "reevaluation"
 
     def populate_space(self, trial_id):
-        if self._initial is None:
-            self._initial = self._make_initial_design()
-        for widths in self._initial:
-            if not self._duplicate(self.space.values_from_widths(widths)):
-                return self._propose(trial_id, widths, "initial")
+        initial = self._initial_proposal(trial_id)
+        if initial is not None:
+            return initial
         model = self.model()
         if model is None:  # initial trials still running: explore meanwhile
             return self._propose(trial_id, self._random_feasible(self._rng()), "random")
@@ -482,7 +481,6 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
 
     def get_state(self):
         state = super().get_state()
-        state["initial_design"] = None if self._initial is None else [list(w) for w in self._initial]
         model = self.model()
         state["surrogate"] = None if model is None else {
             "effect_sd": model.effect_sd, "residual_sd": model.residual_sd, "noise_sd": model.noise_sd,
@@ -491,6 +489,4 @@ class SurrogateWidthOracle(_BudgetedWidthOracle):
 
     def set_state(self, state):
         super().set_state(state)
-        initial = state.get("initial_design")
-        self._initial = None if initial is None else [tuple(float(x) for x in w) for w in initial]
         self._model_cache = ((), None)
