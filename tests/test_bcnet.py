@@ -1,4 +1,5 @@
-"""BCNet supernet: bilateral slicing, complementary training, scoring without training, extraction, LCE."""
+"""BCNet supernet: bilateral slicing, complementary training, scoring without training (one- or two-sided,
+with per-width BatchNorm recalibration), extraction, training from scratch, LCE."""
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tfbnas.cost import model_cost
 from tfbnas.data import KNOWN_DATASETS, load_arrays, normalize_numpy
 from tfbnas.deploy.flatbuffer import op_histogram
 from tfbnas.width import WidthSearchError
-from tfbnas.width.bcnet import BCNetSupernet, build_macro_model, scaled_max_widths
+from tfbnas.width.bcnet import BCNetSupernet, build_macro_model, calibrate_batchnorm, scaled_max_widths
 from tfbnas.width.channel_bench import GRID, LAYER_NAMES, macro_cost
 from tfbnas.width.evolution import EvolutionWidthOracle, WidthSpace, WidthTuner
 
@@ -106,6 +107,104 @@ def test_train_step_then_search_without_training(fashion, tmp_path):
     assert score["score"] == pytest.approx(0.5 * (score["acc_left"] + score["acc_right"]))
 
 
+def _ce(logits, y):
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
+def test_one_sided_supernet_scores_its_left_path_only(fashion):
+    tf.keras.utils.set_random_seed(5)  # an initialisation whose two paths score differently on these images
+    both = BCNetSupernet((28, 28, 1), width_scale=0.125)
+    one = BCNetSupernet((28, 28, 1), width_scale=0.125, bilateral=False)
+    one.set_weights(both.get_weights())  # the same weights: only the scoring rule differs
+    x, y = fashion[0][:256], fashion[1][:256].astype(np.int64)
+    s_both, s_one = both.score_widths(WIDTHS, [(x, y)]), one.score_widths(WIDTHS, [(x, y)])
+    assert one.scored_sides == ("left",) and "acc_right" not in s_one
+    # The left path's own accuracy and loss, computed here from its logits.
+    left = one.path_logits(x, one.counts(WIDTHS), False).numpy()
+    assert s_one["score"] == pytest.approx(np.mean(np.argmax(left, 1) == y))
+    assert s_one["loss"] == pytest.approx(_ce(left, y), rel=1e-5)
+    # The two paths differ here, so the average of both is not the left path's score.
+    assert abs(s_both["acc_left"] - s_both["acc_right"]) > 0.05
+    assert s_both["loss_left"] != pytest.approx(s_both["loss_right"], rel=1e-3)
+    assert s_one["score"] != s_both["score"]
+    assert s_one["loss"] != pytest.approx(s_both["loss"], rel=1e-4)
+    assert s_one["acc_left"] == s_both["acc_left"]
+
+
+def test_recalibration_uses_the_calibration_statistics_of_the_width(fashion):
+    tf.keras.utils.set_random_seed(3)
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125)
+    x, y = fashion
+    x_cal, x_val, y_val = x[:256], x[512:768], y[512:768]
+    state = [w.numpy().copy() for w in net.weights]
+    plain = net.score_widths(WIDTHS, [(x_val, y_val)])
+    recal = net.score_widths(WIDTHS, [(x_val, y_val)], calibration_x=x_cal)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for side in ("left", "right"):
+        stats = net.calibration_statistics(WIDTHS, x_cal, side)
+        # Independently: the input of every BatchNorm of the plain model of this path, in training mode
+        # (batch statistics), on the calibration images and on the scoring batch.
+        model = net.extract(WIDTHS, side)
+        bns = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+        assert [b.name for b in bns] == [b.name for b in net.batch_norms]
+        probe = tf.keras.Model(model.input, [b.input for b in bns])
+        largest_gap = 0.0
+        for layer, h_cal, h_val, (mean, var) in zip(net.batch_norms, probe(x_cal, training=True),
+                                                    probe(x_val, training=True), stats):
+            c, full = h_cal.shape[-1], layer.channels
+            sl = slice(0, c) if side == "left" else slice(full - c, full)
+            m, v = (t.numpy() for t in tf.nn.moments(h_cal, [0, 1, 2]))
+            np.testing.assert_allclose(mean[sl], m, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(m).max()))
+            np.testing.assert_allclose(var[sl], v, rtol=1e-3, atol=1e-6)
+            m_val, v_val = (t.numpy() for t in tf.nn.moments(h_val, [0, 1, 2]))
+            largest_gap = max(largest_gap, float(np.max(np.abs(var[sl] - v_val) / v_val)))
+        # Not the statistics scoring uses without recalibration (those of the scoring batch itself).
+        assert largest_gap > 0.05
+        # The recalibrated score is the extracted model, calibrated on the same images, in inference mode.
+        calibrated = net.extract(WIDTHS, side, calibration_x=x_cal)
+        logits = calibrated(x_val, training=False).numpy()
+        assert recal[f"acc_{side}"] == pytest.approx(np.mean(np.argmax(logits, 1) == y_val), abs=2 / len(y_val))
+        assert recal[f"loss_{side}"] == pytest.approx(float(loss(y_val, logits)), rel=1e-3)
+        # ... and its logits are not those of the path on the scoring batch's own statistics.
+        counts = net.counts(WIDTHS)
+        stats_t = [(tf.constant(m), tf.constant(v)) for m, v in stats]
+        atol = 1e-3 * max(1.0, np.abs(logits).max())
+        np.testing.assert_allclose(net.path_logits(x_val, counts, side == "right", stats_t).numpy(), logits, atol=atol)
+        batch_logits = net.path_logits(x_val, counts, side == "right").numpy()
+        assert np.abs(batch_logits - logits).max() > 20 * atol
+    # Calibration batches are pooled: the stem's statistics over two halves are those of all 256 images.
+    halves = net.calibration_statistics(WIDTHS, [x_cal[:128], (x_cal[128:], None)], "left")
+    whole = net.calibration_statistics(WIDTHS, x_cal, "left")
+    np.testing.assert_allclose(halves[0][0], whole[0][0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(halves[0][1], whole[0][1], rtol=1e-4, atol=1e-6)
+    # Nothing in the supernet changed: no variable, and the plain score is the same as before.
+    for w, saved in zip(net.weights, state):
+        np.testing.assert_array_equal(w.numpy(), saved)
+    assert net.score_widths(WIDTHS, [(x_val, y_val)]) == plain
+
+
+def test_scratch_model_has_the_widths_but_not_the_supernet_weights_and_trains(fashion):
+    tf.keras.utils.set_random_seed(5)
+    x, y = fashion
+    net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=True)
+    extracted, fresh = net.extract(WIDTHS, "left"), net.build_model(WIDTHS)
+    assert [type(layer).__name__ for layer in fresh.layers] == [type(layer).__name__ for layer in extracted.layers]
+    assert [w.shape for w in fresh.weights] == [w.shape for w in extracted.weights]
+    for name in ["stem", "mb1_expand", "mb3_dw", "mb4_project", "head", "logits"]:
+        assert not np.allclose(fresh.get_layer(name).get_weights()[0], extracted.get_layer(name).get_weights()[0])
+    start = [w.copy() for w in fresh.get_weights()]
+    fresh.compile(optimizer=tf.keras.optimizers.Adam(2e-3), metrics=["accuracy"],
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = fresh.fit(x[:768], y[:768], batch_size=64, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] - 0.1
+    assert any(not np.array_equal(a, b) for a, b in zip(start, fresh.get_weights()))
+    # The calibrated model does better than chance on images it has not seen.
+    calibrate_batchnorm(fresh, x[:512])
+    assert fresh.evaluate(x[768:], y[768:], verbose=0)[1] > 0.2  # chance: 0.1
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_macro_cost_matches_the_cost_model(binary):
     max_widths = scaled_max_widths(0.25)
@@ -144,3 +243,7 @@ def test_bad_arguments():
         net.counts((0.0,) * 7)
     with pytest.raises(WidthSearchError, match="no batches"):
         net.score_widths(WIDTHS, [])
+    with pytest.raises(WidthSearchError, match="no images"):
+        net.calibration_statistics(WIDTHS, [])
+    with pytest.raises(WidthSearchError, match="side"):
+        net.calibration_statistics(WIDTHS, np.zeros((4, 28, 28, 1), np.float32), "middle")

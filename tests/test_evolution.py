@@ -14,15 +14,6 @@ from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, Wid
                                     run_width_search)
 
 
-@pytest.fixture(scope="module")
-def bench():
-    path = default_table_path()
-    if not os.path.exists(path):
-        pytest.skip(f"Channel-Bench-Macro table not found at {path} (set ${CHANNEL_BENCH_ENV} to its "
-                    "Results_MobileNet.json)")
-    return ChannelBenchMacro(path)
-
-
 def _toy_space(budget=2.0):
     # Score grows with width; cost = sum of multipliers: the best feasible vector fills the budget.
     return WidthSpace(["a", "b", "c"], (0.25, 0.5, 0.75, 1.0), cost=lambda w: sum(w), budget=budget)

@@ -66,6 +66,27 @@ def define_deploy_flags():
                  lower_bound=1)
 
 
+def define_width_stage_flags():
+    """--width and its settings: the main job's optional width stage (:mod:`tfbnas.width.stage`)."""
+    _define_once(flags.DEFINE_enum, "width", "none", ["none", "dnal"],
+                 "Width stage after Child training: none, or dnal (channel gates on the trained Child choose "
+                 "per-cell widths within --width_budget; the narrowed Child is trained under its Parent).")
+    if "width_budget" not in FLAGS:
+        flags.DEFINE_float("width_budget", 0.5, "Width stage: the narrowed Child's OPs as a fraction of the trained "
+                           "Child's, in (0, 1] (1: the gates alone decide).")
+        flags.register_validator("width_budget", lambda v: 0.0 < v <= 1.0,
+                                 message="--width_budget must be in (0, 1]: a fraction of the trained Child's OPs")
+    _define_once(flags.DEFINE_integer, "width_gate_epochs", 1, "Width stage: epochs of DNAL gate training.",
+                 lower_bound=1)
+    _define_once(flags.DEFINE_float, "width_lambda", 5e-3, "Width stage: weight of DNAL's gate penalty.",
+                 lower_bound=0.0)
+    _define_once(flags.DEFINE_float, "width_gate_lr", 0.1, "Width stage: SGD learning rate of the gate scores.",
+                 lower_bound=0.0)
+    _define_once(flags.DEFINE_integer, "width_epochs", None,
+                 "Width stage: epochs of training the narrowed Child under its Parent (default: --epochs).",
+                 lower_bound=1)
+
+
 def define_all():
     """Every flag group, so that one flagfile (``configs/*.flags``) serves every entry point: search,
     training and the main job each read the flags they use and ignore the others."""
@@ -77,6 +98,7 @@ def define_all():
     define_search_flags()
     define_deploy_flags()
     define_train_flags()
+    define_width_stage_flags()
 
 
 def _one_line_parser(argv):

@@ -82,7 +82,22 @@ def build_report(summary: Dict, run_dir: str) -> str:
 
     width = summary.get("width")
     if width:
-        out += ["## Width", "", f"Method `{width.get('method')}`: widths {width.get('widths')}", ""]
+        settings = width.get("settings") or {}
+        out += ["## Width", "",
+                f"Method `{width.get('method')}`: gates on the trained Child chose per-cell widths within "
+                f"{settings.get('budget', 0):.0%} of its OPs (threshold {width.get('tau', 0):.3g} on the gate "
+                f"scores); the narrowed Child was trained for {width.get('epochs')} epoch(s) under the Parent.", ""]
+        out += _table(["cell", "channels before", "channels after", "width multiplier"],
+                      [[c["cell"], c["before"], c["after"], c["multiplier"]] for c in width.get("cells", [])])
+
+        def kib(n):
+            return None if n is None else n / 1024
+
+        out += _table(["", "OPs", "TFLite (KiB)", "host latency (ms)", "test top-1"],
+                      [[name, _human(width.get(f"ops_{k}")), kib(width.get(f"size_bytes_{k}")),
+                        width.get(f"latency_ms_{k}"), width.get(f"top1_{k}")]
+                       for name, k in (("trained Child", "before"), ("narrowed Child", "after"))])
+        out += _picture(run_dir, "width/curves.png", "training curves of the narrowed Child")
 
     train = summary.get("train")
     if train:

@@ -8,10 +8,14 @@ Run folder::
     flags.txt, flags.json      every flag of the run
     search/                    the search run (checkpoints, alphas, genotype.json, cell pictures)
     train/                     Child + Parent training (child.keras, parent.keras, curves, metrics)
+    width/                     with --width=dnal: the narrowed Child (child.keras, widths.md, gates.npz, curves)
     deploy/                    child.tflite (+ float twin), conversion summary, latency table
     report.md, report.html     the story of the run with its pictures; summary.json the numbers
 
-``--genotype=FILE`` skips the search and trains that genotype. Every stage that finished is kept: a
+``--genotype=FILE`` skips the search and trains that genotype. ``--width=dnal`` adds a width stage after
+training (:mod:`tfbnas.width.stage`): DNAL gates on the trained Child choose per-cell widths within
+``--width_budget`` of its OPs, the narrowed Child is trained under the Parent, and it is what gets
+converted. Every stage that finished is kept: a
 resumed run skips it (the search and the training resume from their own checkpoints).
 """
 
@@ -30,7 +34,7 @@ from tfbnas.report import write_report
 FLAGS = flags.FLAGS
 tflags.define_all()
 
-STAGES = ("data", "search", "train", "convert", "benchmark", "report")
+STAGES = ("data", "search", "train", "width", "convert", "benchmark", "report")
 
 
 def _load_summary(run_dir):
@@ -46,15 +50,21 @@ def _save_summary(run_dir, summary):
         json.dump(summary, f, indent=2, default=str)
 
 
+def _finished(stage: str, path: str):
+    """The record a stage wrote when it finished (``path``, JSON), or None when it has to run."""
+    if not os.path.exists(path):
+        return None
+    print(f"{stage}: finished earlier, kept")
+    with open(path) as f:
+        return json.load(f)
+
+
 def stage_search(values, run_dir, resume, summary):
     from tfbnas.search.run_search import SearchConfig, search
 
     search_dir = os.path.join(run_dir, "search")
-    if os.path.exists(os.path.join(search_dir, "search_summary.json")):
-        print("search: finished earlier, kept")
-        with open(os.path.join(search_dir, "search_summary.json")) as f:
-            done = json.load(f)
-    else:
+    done = _finished("search", os.path.join(search_dir, "search_summary.json"))
+    if done is None:
         os.makedirs(search_dir, exist_ok=True)
         tflags.write_flags(search_dir, values)
         result = search(SearchConfig.from_flags(values), search_dir, resume=resume)
@@ -75,12 +85,8 @@ def stage_train(values, genotype_path, run_dir, resume, summary):
     from tfbnas.train.recipe import TrainConfig, train_child
 
     train_dir = os.path.join(run_dir, "train")
-    metrics_path = os.path.join(train_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        print("train: finished earlier, kept")
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-    else:
+    metrics = _finished("train", os.path.join(train_dir, "metrics.json"))
+    if metrics is None:
         config = TrainConfig.from_flags({**values, "genotype": genotype_path})
         metrics = train_child(config, train_dir, resume=resume and os.path.isdir(train_dir)).metrics
     parent = metrics.get("parent_test") or {}
@@ -95,6 +101,24 @@ def stage_train(values, genotype_path, run_dir, resume, summary):
     return os.path.join(train_dir, "child.keras")
 
 
+def stage_width(values, genotype_path, run_dir, resume, summary):
+    """``--width=dnal``: the Child narrowed to the OPs budget by DNAL gates and trained (``width/child.keras``)."""
+    from tfbnas.train.recipe import TrainConfig, resolve_space
+    from tfbnas.width.stage import WidthStageConfig, run_width_stage
+
+    width_dir = os.path.join(run_dir, "width")
+    done = _finished("width", os.path.join(width_dir, "widths.json"))
+    if done is None:
+        config, genotype, _ = resolve_space(TrainConfig.from_flags({**values, "genotype": genotype_path}))
+        parent = os.path.join(run_dir, "train", "parent.keras")
+        done = run_width_stage(config, WidthStageConfig.from_flags(values), genotype,
+                               os.path.join(run_dir, "train", "child.keras"),
+                               parent if os.path.exists(parent) else None, width_dir,
+                               resume=resume and os.path.isdir(width_dir))
+    summary["width"] = done
+    return os.path.join(width_dir, "child.keras")
+
+
 def stage_convert(values, model_path, run_dir, summary):
     from tfbnas.deploy.convert import convert_model_file
 
@@ -102,10 +126,12 @@ def stage_convert(values, model_path, run_dir, summary):
     os.makedirs(deploy_dir, exist_ok=True)
     output = os.path.join(deploy_dir, "child.tflite")
     parent = os.path.join(run_dir, "train", "parent.keras")
+    if "width" in summary:
+        parent = None  # the Parent has the trained Child's widths: the narrowed Child's reference is its own twin
     report = convert_model_file(model_path, output, parity_examples=values["parity_examples"],
                                 dataset=values["dataset"], data_dir=values["data_dir"],
                                 min_agreement=values["min_agreement"],
-                                float_model=parent if os.path.exists(parent) else None)
+                                float_model=parent if parent and os.path.exists(parent) else None)
     summary["deploy"] = _deploy_summary(report)
     return output
 
@@ -189,6 +215,10 @@ def main(argv):
         with timer.stage("train Child (Parent teacher)"):
             model_path = stage_train(values, genotype_path, run_dir, resume, summary)
         _save_summary(run_dir, summary)
+        if values.get("width", "none") != "none":
+            with timer.stage(f"width ({values['width']})"):
+                model_path = stage_width(values, genotype_path, run_dir, resume, summary)
+            _save_summary(run_dir, summary)
         with timer.stage("convert to LCE TFLite + parity"):
             tflite_path = stage_convert(values, model_path, run_dir, summary)
         with timer.stage("host benchmark"):
@@ -203,10 +233,13 @@ def main(argv):
         print(f"\ninterrupted: resume with python -m tfbnas.run --resume={run_dir}", file=sys.stderr)
         sys.exit(130)
     _finish(summary, times, timer, run_dir)
-    child = summary.get("train", {}).get("child", {})
-    cost, deploy = summary.get("cost") or {}, summary.get("deploy") or {}
-    headline = (f"Child test top-1 {child.get('top1', 0):.4f} on {values['dataset']}, "
-                f"{(cost.get('ops') or 0) / 1e6:.2f} M OPs, TFLite {(deploy.get('size_bytes') or 0) / 1024:.1f} KiB, "
+    top1 = summary.get("train", {}).get("child", {}).get("top1")
+    ops = (summary.get("cost") or {}).get("ops")
+    width, deploy = summary.get("width"), summary.get("deploy") or {}
+    if width:  # the narrowed Child is the one converted
+        top1, ops = width["top1_after"], width["ops_after"]
+    headline = (f"{'narrowed ' if width else ''}Child test top-1 {top1 or 0:.4f} on {values['dataset']}, "
+                f"{(ops or 0) / 1e6:.2f} M OPs, TFLite {(deploy.get('size_bytes') or 0) / 1024:.1f} KiB, "
                 f"parity {deploy.get('agreement')}")
     summary["headline"] = headline
     report = write_report(summary, run_dir)
@@ -223,7 +256,9 @@ def _user_errors():
     from tfbnas.search.run_search import USER_ERRORS as SEARCH_ERRORS
     from tfbnas.train.recipe import USER_ERRORS as TRAIN_ERRORS
 
-    return tuple({*SEARCH_ERRORS, *TRAIN_ERRORS, DeployError, tflags.ConfigError})
+    from tfbnas.width import WidthSearchError
+
+    return tuple({*SEARCH_ERRORS, *TRAIN_ERRORS, DeployError, WidthSearchError, tflags.ConfigError})
 
 
 def guarded_main(argv):

@@ -5,10 +5,13 @@
     python -m tfbnas.width --method=dnal --genotype=runs/search/genotype.json --init_channels=16 --num_cells=8
     python -m tfbnas.width --method=dnal --model=example:binary_resnet --train_examples=4000
 
-    # BCNet supernet + evolutionary search under a FLOPs (or OPs) budget, then finetune the winner
+    # BCNet supernet + width search (default: the model-based surrogate) under a FLOPs (or OPs) budget,
+    # each width scored with BatchNorm statistics recalibrated for it; then finetune the winner
     python -m tfbnas.width --method=bcnet --width_scale=0.125 --binary --cost=ops --budget_fraction=0.5
+    # evolution with the supernet's width prior; train the found widths from scratch (the paper's protocol)
+    python -m tfbnas.width --method=bcnet --search=evolution --final_training=scratch --finetune_epochs=5
 
-    # the search algorithm alone against the Channel-Bench-Macro ground truth (no training)
+    # the search algorithm alone against the Channel-Bench-Macro ground truth (no training, no supernet)
     python -m tfbnas.width --method=bcnet --benchmark=channel_bench_macro_mobilenet --max_trials=100
 
 Every run folder gets ``widths.json`` (widths before/after per layer and the run's numbers),
@@ -41,7 +44,8 @@ flags.DEFINE_string("benchmark_path", None, "Results_MobileNet.json (default: <r
 # DNAL
 flags.DEFINE_integer("weight_epochs", 2, "DNAL stage 1: epochs of weight training (gates off).", lower_bound=0)
 flags.DEFINE_integer("gate_epochs", 1, "DNAL stage 2: epochs of gate training (delta 1 -> 1e4).", lower_bound=1)
-flags.DEFINE_integer("finetune_epochs", 1, "Epochs of finetuning the pruned / extracted model.", lower_bound=0)
+flags.DEFINE_integer("finetune_epochs", 1, "Epochs of finetuning the pruned / extracted model (BCNet: also of "
+                     "training the found widths with --final_training=scratch).", lower_bound=0)
 flags.DEFINE_float("lambda_a", 5e-3, "DNAL: weight of the gate penalty (more: fewer channels).", lower_bound=0.0)
 flags.DEFINE_enum("penalty", "sum", ["sum", "mean"], "DNAL: sum (paper) or mean of the gates in the penalty.")
 flags.DEFINE_float("delta_start", 1.0, "DNAL: delta at the start of stage 2.", lower_bound=1e-6)
@@ -59,12 +63,23 @@ flags.DEFINE_enum("cost", "flops", ["flops", "ops"], "BCNet: budgeted cost (ops 
 flags.DEFINE_float("budget", None, "BCNet: budget in units of --cost (absolute).", lower_bound=0.0)
 flags.DEFINE_float("budget_fraction", None, "BCNet: budget as a fraction of the full-width cost "
                    "(default 0.5; with --benchmark the default is the table's median FLOPs).", lower_bound=0.0)
-flags.DEFINE_enum("search", "evolution", ["evolution", "random"], "BCNet: search algorithm.")
+flags.DEFINE_enum("search", "surrogate", ["surrogate", "evolution", "random"],
+                  "BCNet: search algorithm (surrogate: tfbnas.width.surrogate.SurrogateWidthOracle; evolution uses "
+                  "the supernet's width prior).")
 flags.DEFINE_integer("max_trials", 100, "BCNet: width vectors evaluated.", lower_bound=1)
-flags.DEFINE_integer("population_size", 16, "BCNet: evolution population.", lower_bound=2)
-flags.DEFINE_enum("initial_population", "prior", ["prior", "uniform"], "BCNet: initial population.")
+flags.DEFINE_integer("population_size", 16, "BCNet, --search=evolution: population.", lower_bound=2)
+flags.DEFINE_enum("initial_population", "prior", ["prior", "uniform"],
+                  "BCNet, --search=evolution: initial population.")
 flags.DEFINE_integer("eval_examples", 512, "BCNet: held-out training examples that score a width vector.",
                      lower_bound=16)
+flags.DEFINE_integer("recalibrate_examples", 512, "BCNet: training examples on which the BatchNorm statistics of "
+                     "every scored width are recalibrated before scoring (0: score with each batch's own "
+                     "statistics).", lower_bound=0)
+flags.DEFINE_enum("final_training", "finetune", ["finetune", "scratch"],
+                  "BCNet: the final model: finetune the extracted supernet path, or train the found widths from "
+                  "scratch (the paper's protocol); both for --finetune_epochs.")
+
+_EVOLUTION_FLAGS = ("population_size", "initial_population")
 
 
 def _arrays():
@@ -172,6 +187,25 @@ def _macro_rows(widths, max_widths):
             for n, c, a, w in zip(LAYER_NAMES, max_widths, after, widths)]
 
 
+def _check_bcnet_flags():
+    given = [f"--{name}" for name in _EVOLUTION_FLAGS if FLAGS[name].present]
+    if given and FLAGS.search != "evolution":
+        raise tflags.ConfigError(f"{' and '.join(given)} apply to --search=evolution only; drop them or pass "
+                                 "--search=evolution")
+    if FLAGS.final_training == "scratch" and not FLAGS.benchmark and FLAGS.finetune_epochs < 1:
+        raise tflags.ConfigError("--final_training=scratch trains the found widths for --finetune_epochs; set it "
+                                 "to at least 1")
+
+
+def _search_kwargs(layer_prior=None):
+    """Oracle arguments of --search: evolution takes its population flags and the layer prior; the surrogate
+    and random oracles take neither (SurrogateWidthOracle has no prior argument)."""
+    if FLAGS.search == "evolution":
+        return {"population_size": FLAGS.population_size, "initial_population": FLAGS.initial_population,
+                "layer_prior": layer_prior}
+    return {}
+
+
 def run_bcnet(run_dir):
     import numpy as np
     import tensorflow as tf
@@ -183,13 +217,15 @@ def run_bcnet(run_dir):
         bench = channel_bench.ChannelBenchMacro(FLAGS.benchmark_path)
         budget = _budget(channel_bench.macro_flops((1.0,) * 7), bench.median_flops())
         space = evolution.WidthSpace(channel_bench.LAYER_NAMES, channel_bench.GRID, cost=bench.flops, budget=budget)
+        # No supernet here, so no learned width prior: evolution's "prior" initial population is the
+        # budget-filling ranking of uniform draws.
         tuner = evolution.run_width_search(space, bench.accuracy, FLAGS.search, FLAGS.max_trials, search_dir,
-                                           f"{FLAGS.search}_seed{FLAGS.seed}", FLAGS.seed,
-                                           **({"population_size": FLAGS.population_size,
-                                               "initial_population": FLAGS.initial_population}
-                                              if FLAGS.search == "evolution" else {}))
+                                           f"{FLAGS.search}_seed{FLAGS.seed}", FLAGS.seed, **_search_kwargs())
         widths = tuner.best_widths()
-        summary = {"method": "bcnet", "benchmark": FLAGS.benchmark, "search": FLAGS.search, "budget_flops": budget,
+        summary = {"method": "bcnet", "benchmark": FLAGS.benchmark, "search": FLAGS.search,
+                   "layer_prior": "none (no supernet here; evolution's prior population only fills the budget)"
+                   if FLAGS.search == "evolution" else "none",
+                   "budget_flops": budget,
                    "found": channel_bench.ChannelBenchMacro.key(widths), "true_accuracy": bench.accuracy(widths),
                    "flops": bench.flops(widths), "rank_under_budget": bench.rank(widths, budget),
                    "entries_under_budget": bench.count(budget), "rank_overall": bench.rank(widths),
@@ -215,32 +251,51 @@ def run_bcnet(run_dir):
     budget = _budget(full_cost)
     space = evolution.WidthSpace(channel_bench.LAYER_NAMES, net.grid, cost=lambda w: net.cost(w)[FLAGS.cost],
                                  budget=budget)
-    kwargs = {}
-    if FLAGS.search == "evolution":
-        kwargs = {"population_size": FLAGS.population_size, "initial_population": FLAGS.initial_population,
-                  "layer_prior": net.width_prior() if FLAGS.supernet_epochs else None}
-    tuner = evolution.run_width_search(space, lambda w: net.score_widths(w, val_batches), FLAGS.search,
-                                       FLAGS.max_trials, search_dir, f"{FLAGS.search}_seed{FLAGS.seed}", FLAGS.seed,
-                                       **kwargs)
+    prior = net.width_prior() if FLAGS.supernet_epochs else None
+    kwargs = _search_kwargs(prior)
+    x_cal = x_tr[:FLAGS.recalibrate_examples] if FLAGS.recalibrate_examples else None
+    tuner = evolution.run_width_search(space, lambda w: net.score_widths(w, val_batches, calibration_x=x_cal),
+                                       FLAGS.search, FLAGS.max_trials, search_dir, f"{FLAGS.search}_seed{FLAGS.seed}",
+                                       FLAGS.seed, **kwargs)
     widths = tuner.best_widths()
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     sides = {side: net.extract(widths, side, calibration_x=x_tr[:1024]) for side in ("left", "right")}
     for model in sides.values():
-        model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.compile(loss=loss, metrics=["accuracy"])
     side_acc = {s: float(m.evaluate(x_val, y_val, batch_size=256, verbose=0)[1]) for s, m in sides.items()}
     side = max(side_acc, key=side_acc.get)
     model = sides[side]
     inherited = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
+    if FLAGS.final_training == "scratch":
+        # BCNet's protocol: the search only chooses the widths; the network is trained anew.
+        tf.keras.utils.set_random_seed(FLAGS.seed + 1)
+        model = net.build_model(widths)
+        optimizer = tf.keras.optimizers.Adam(FLAGS.lr)
+    else:
+        optimizer = tf.keras.optimizers.Adam(FLAGS.lr / 2)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     if FLAGS.finetune_epochs:
-        model.compile(optimizer=tf.keras.optimizers.Adam(FLAGS.lr / 2),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
         model.fit(x_tr, y_tr, batch_size=FLAGS.batch_size, epochs=FLAGS.finetune_epochs, verbose=2)
+        # A few epochs leave the moving BatchNorm statistics (momentum 0.99) far from the trained network's
+        # (a fresh model starts them at 0 / 1): recompute them, as for the extracted model.
+        bcnet.calibrate_batchnorm(model, x_tr[:1024])
     after = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
-    summary = {"method": "bcnet", "binary": FLAGS.binary, "search": FLAGS.search, "cost": FLAGS.cost,
-               "budget": budget, "full_width_cost": full_cost, "found_cost": space.cost(widths),
-               "supernet_score": float(tuner.oracle.get_best_trials(1)[0].score), "queries": tuner.queries(),
-               "side": side, "test_accuracy_inherited": inherited, "test_accuracy_finetuned": after,
+    if FLAGS.search == "evolution":
+        prior_use = ("supernet width_prior (initial population and mutations)" if prior is not None
+                     else "uniform (untrained supernet)")
+    else:
+        prior_use = f"none ({FLAGS.search} takes no prior)"
+    summary = {"method": "bcnet", "binary": FLAGS.binary, "search": FLAGS.search, "layer_prior": prior_use,
+               "cost": FLAGS.cost, "budget": budget, "full_width_cost": full_cost, "found_cost": space.cost(widths),
+               "recalibrate_examples": FLAGS.recalibrate_examples if x_cal is not None else 0,
+               "supernet_score": net.score_widths(widths, val_batches, calibration_x=x_cal)["score"],
+               "queries": tuner.queries(),
+               "side": side, "test_accuracy_inherited": inherited, "final_training": FLAGS.final_training,
+               "final_epochs": FLAGS.finetune_epochs,
+               "test_accuracy_scratch" if FLAGS.final_training == "scratch" else "test_accuracy_finetuned": after,
                "width_prior": np.round(net.width_prior(), 4).tolist()}
-    _write(run_dir, summary, _macro_rows(widths, net.max_widths), model, "BCNet width search")
+    title = "BCNet width search" + (" (trained from scratch)" if FLAGS.final_training == "scratch" else "")
+    _write(run_dir, summary, _macro_rows(widths, net.max_widths), model, title)
 
 
 def main(argv):
@@ -251,6 +306,8 @@ def main(argv):
         raise tflags.ConfigError("DNAL needs --model=<file.keras|example:vgg> or --genotype=<genotype.json>")
     if FLAGS.method == "dnal" and FLAGS.benchmark:
         raise tflags.ConfigError("--benchmark works with --method=bcnet (the search algorithm), not with DNAL")
+    if FLAGS.method == "bcnet":
+        _check_bcnet_flags()
     run_dir = runs.make_run_dir(FLAGS.output_dir, f"width-{FLAGS.method}",
                                 "channel_bench" if FLAGS.benchmark else FLAGS.dataset)
     tflags.write_flags(run_dir, tflags.flag_values(["tfbnas"]))

@@ -17,9 +17,17 @@ width ``C`` where ``C - c = 0``): with both sides of both widths, every channel 
 exactly twice per step (four times at full width).
 
 Slicing uses ``tf.slice`` on the full variables inside one traced graph (widths are tensors), so no
-layer is rebuilt per width. BatchNorm normalises with batch statistics (no moving averages in the
-supernet); :meth:`BCNetSupernet.extract` copies one path's slices into a plain Keras model and
-calibrates its BatchNorm statistics on data.
+layer is rebuilt per width. In training, BatchNorm normalises with batch statistics (the supernet keeps
+no moving averages: one set of averages could not fit every width); :meth:`BCNetSupernet.extract`
+copies one path's slices into a plain Keras model and calibrates its BatchNorm statistics on data.
+
+**Scoring a width** (:meth:`BCNetSupernet.score_widths`) averages the accuracy of the two paths, or
+takes the left path alone for the one-sided supernet (``bilateral=False``). By default each BatchNorm
+normalises a scoring batch with that batch's own statistics. With ``calibration_x`` the statistics
+are **recalibrated per width**: the width's path runs once on the calibration images
+(:meth:`BCNetSupernet.calibration_statistics`), and the scoring batches are normalised with those
+statistics, as the extracted model would be in inference mode. The statistics live in the call, not
+in the supernet, so scoring one width never changes what another width sees.
 
 While training, the supernet records the mean loss of the sampled widths per layer and multiplier;
 :meth:`BCNetSupernet.width_prior` turns it into the per-layer probabilities the evolutionary search
@@ -33,14 +41,14 @@ Example:
     >>> net = BCNetSupernet(input_shape=(28, 28, 1), width_scale=0.125)
     >>> net.compile(optimizer=tf.keras.optimizers.Adam(1e-3))
     >>> net.fit(train_ds, epochs=1)
-    >>> net.score_widths((0.5,) * 7, [(x_val, y_val)])
-    {'score': ..., 'loss': ..., 'acc_left': ..., 'acc_right': ...}
+    >>> net.score_widths((0.5,) * 7, [(x_val, y_val)], calibration_x=x_train[:512])
+    {'score': ..., 'loss': ..., 'acc_left': ..., 'loss_left': ..., 'acc_right': ..., 'loss_right': ...}
     >>> small = net.extract((0.5,) * 7, calibration_x=x_val)
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import larq as lq
 import numpy as np
@@ -155,40 +163,60 @@ class _SlimConv(tf.keras.layers.Layer):
             x, kernel = lq.quantizers.ste_sign(x), lq.quantizers.ste_sign(kernel)
         return tf.nn.conv2d(x, kernel, self.strides, "SAME")
 
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "cin": self.cin, "cout": self.cout,
+                "strides": self.strides, "binary": self.binary}
+
 
 class _SlimDepthwise(tf.keras.layers.Layer):
     def __init__(self, channels, strides=1, **kwargs):
         super().__init__(**kwargs)
-        self.strides = strides
+        self.channels, self.strides = channels, strides
         self.kernel = self.add_weight("depthwise_kernel", (3, 3, channels, 1), initializer="he_normal")
 
     def call(self, x, channel_range):
         kernel = _slice(self.kernel, 2, *channel_range)
         return tf.nn.depthwise_conv2d(x, kernel, [1, self.strides, self.strides, 1], "SAME")
 
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "strides": self.strides}
+
 
 class _SlimBatchNorm(tf.keras.layers.Layer):
-    """BatchNorm with batch statistics on a channel range of full-width scale and offset."""
+    """BatchNorm on a channel range of full-width scale and offset.
+
+    ``call(x, channel_range)`` normalises with the batch statistics of ``x``; ``call(x, channel_range,
+    mean, variance)`` with given statistics of the range (e.g. recalibrated ones), as inference does.
+    """
 
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
+        self.channels = channels
         self.gamma = self.add_weight("gamma", (channels,), initializer="ones")
         self.beta = self.add_weight("beta", (channels,), initializer="zeros")
 
-    def call(self, x, channel_range):
-        mean, var = tf.nn.moments(x, axes=[0, 1, 2])
-        return tf.nn.batch_normalization(x, mean, var, _slice(self.beta, 0, *channel_range),
+    def call(self, x, channel_range, mean=None, variance=None):
+        if mean is None or variance is None:
+            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        return tf.nn.batch_normalization(x, mean, variance, _slice(self.beta, 0, *channel_range),
                                          _slice(self.gamma, 0, *channel_range), _BN_EPSILON)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
 
 
 class _SlimDense(tf.keras.layers.Layer):
     def __init__(self, cin, units, **kwargs):
         super().__init__(**kwargs)
+        self.cin, self.units = cin, units
         self.kernel = self.add_weight("kernel", (cin, units), initializer="glorot_uniform")
         self.bias = self.add_weight("bias", (units,), initializer="zeros")
 
     def call(self, x, cin_range):
         return tf.matmul(x, _slice(self.kernel, 0, *cin_range)) + self.bias
+
+    def get_config(self):
+        return {**super().get_config(), "cin": self.cin, "units": self.units}
 
 
 # ---------------------------------------------------------------------------- the supernet
@@ -281,27 +309,61 @@ class BCNetSupernet(tf.keras.Model):
                           binary=self.binary)
 
     # ------------------------------------------------------------------ forward
-    def path_logits(self, x, counts, right) -> tf.Tensor:
-        """Logits of one path: channels ``[0, c)`` (``right`` false) or ``[C - c, C)`` of every layer."""
+    @property
+    def batch_norms(self):
+        """The 14 BatchNorm layers in path order (``stem_bn``, ``mb{i}_expand_bn``, ``mb{i}_dw_bn``,
+        ``mb{i}_project_bn`` for i = 1..4, ``head_bn``); their names are those of the extracted model."""
+        out = [self.stem_bn]
+        for block in self.blocks:
+            out += [block["expand_bn"], block["dw_bn"], block["project_bn"]]
+        return out + [self.head_bn]
+
+    def path_logits(self, x, counts, right, statistics=None) -> tf.Tensor:
+        """Logits of one path: channels ``[0, c)`` (``right`` false) or ``[C - c, C)`` of every layer.
+
+        Args:
+            x: images.
+            counts: channel counts (e.g. :meth:`counts`).
+            right: which side.
+            statistics: ``None`` (each BatchNorm uses the batch statistics of ``x``, as in training) or one
+                full-width ``(mean, variance)`` pair per BatchNorm in :attr:`batch_norms` order (e.g. from
+                :meth:`calibration_statistics`); the path reads its channel range of each.
+        """
+        return self._path(x, counts, right, statistics)[0]
+
+    def _path(self, x, counts, right, statistics=None):
+        """``(logits, [(mean, variance, start, count) of every BatchNorm, path order]``): the statistics each
+        BatchNorm normalised with, over its channel range ``[start, start + count)``."""
         counts = tf.cast(counts, tf.int32)
         start = tf.cast(right, tf.int32) * (self._full - counts)
         r = [(start[i], counts[i]) for i in range(len(self.max_widths))]
         s1, h1, h2, h3, s2, h4, head = r
+        used = []
+
+        def bn(layer, y, rng):
+            if statistics is None:
+                mean, variance = tf.nn.moments(y, axes=[0, 1, 2])
+            else:
+                full_mean, full_variance = statistics[len(used)]
+                mean, variance = _slice(full_mean, 0, *rng), _slice(full_variance, 0, *rng)
+            used.append((mean, variance) + tuple(rng))
+            return layer(y, rng, mean, variance)
+
         x = tf.cast(x, tf.float32)
-        x = self.stem_bn(self.stem(x, None, s1), s1)
+        x = bn(self.stem_bn, self.stem(x, None, s1), s1)
         if not self.binary:
             x = tf.nn.relu6(x)
         for block, (cin, hidden, cout, skip) in zip(self.blocks, [(s1, h1, s1, True), (s1, h2, s1, True),
                                                                   (s1, h3, s2, False), (s2, h4, s2, True)]):
-            y = tf.nn.relu6(block["expand_bn"](block["expand"](x, cin, hidden), hidden))
-            y = block["dw_bn"](block["dw"](y, hidden), hidden)
+            y = tf.nn.relu6(bn(block["expand_bn"], block["expand"](x, cin, hidden), hidden))
+            y = bn(block["dw_bn"], block["dw"](y, hidden), hidden)
             if not self.binary:
                 y = tf.nn.relu6(y)
-            y = block["project_bn"](block["project"](y, hidden, cout), cout)
+            y = bn(block["project_bn"], block["project"](y, hidden, cout), cout)
             x = x + y if skip else y
-        x = tf.nn.relu6(self.head_bn(self.head(x, s2, head), head))
+        x = tf.nn.relu6(bn(self.head_bn, self.head(x, s2, head), head))
         x = tf.reduce_mean(x, axis=[1, 2])
-        return self.classifier(x, head)
+        return self.classifier(x, head), used
 
     def bilateral_logits(self, x, widths) -> tf.Tensor:
         """Average of the left and right paths' logits for multipliers (or a counts tensor) ``widths``."""
@@ -352,37 +414,107 @@ class BCNetSupernet(tf.keras.Model):
         return [self._loss_tracker, self._acc_tracker]
 
     # ------------------------------------------------------------------ evaluation and prior
-    @tf.function
-    def _score_batch(self, x, y, counts):
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        out = []
-        for right in (False, True):
-            logits = self.path_logits(x, counts, right)
-            acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
-            out += [acc, self._ce(y, logits)]
-        return tf.stack(out)
+    @property
+    def scored_sides(self) -> Tuple[str, ...]:
+        """The paths a width is scored on: ``("left", "right")``, or ``("left",)`` for the one-sided supernet."""
+        return ("left", "right") if self.bilateral else ("left",)
 
-    def score_widths(self, widths: Sequence[float], data: Iterable) -> Dict[str, float]:
-        """Scores a width vector without training: mean over ``data`` batches of the two paths' accuracy.
+    @tf.function
+    def _score_batch(self, x, y, counts, right, statistics=None):
+        """``[accuracy, mean CE]`` of one path on one batch (``statistics``: see :meth:`path_logits`)."""
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        logits = self.path_logits(x, counts, right, statistics)
+        acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32))
+        return tf.stack([acc, self._ce(y, logits)])
+
+    @tf.function
+    def _batch_moments(self, x, counts, right):
+        """The batch statistics every BatchNorm of one path uses on ``x``: ``[(mean, variance, start, count)]``."""
+        return self._path(x, counts, right)[1]
+
+    def calibration_statistics(self, widths, calibration_x, side: str = "left") -> List[Tuple[np.ndarray, np.ndarray]]:
+        """BatchNorm statistics of one path of ``widths``, recalibrated on ``calibration_x``.
+
+        The path runs on the calibration images with batch statistics, as :func:`calibrate_batchnorm`
+        does for a Keras model, and each BatchNorm's statistics become the moments of its input over
+        all calibration images: for a single batch exactly that batch's ``tf.nn.moments`` (what the
+        extracted model calibrated on the same images stores), for several batches their pooled mean
+        and variance (within-batch plus between-batch variance). Nothing in the supernet changes.
+
+        Args:
+            widths: seven multipliers, or a channel-count tensor (:meth:`counts`).
+            calibration_x: images, run as one batch (an array or tensor), or an iterable of image
+                batches or ``(x, y)`` batches (e.g. a list or a ``tf.data.Dataset``) to bound memory.
+            side: ``"left"`` or ``"right"``.
+
+        Returns:
+            One ``(mean, variance)`` pair per BatchNorm in :attr:`batch_norms` order, float32 arrays of the
+            layer's full width, ready for :meth:`path_logits`; entries outside the path's channel range
+            are 0 (mean) and 1 (variance) and are never read.
+        """
+        if side not in ("left", "right"):
+            raise WidthSearchError(f"side must be 'left' or 'right', got '{side}'")
+        counts = widths if tf.is_tensor(widths) else self.counts(widths)
+        batches = []
+        for xb in _image_batches(calibration_x):
+            xb = tf.convert_to_tensor(xb)
+            moments = [(m.numpy().astype(np.float64), v.numpy().astype(np.float64), int(start), int(size))
+                       for m, v, start, size in self._batch_moments(xb, counts, side == "right")]
+            batches.append((int(xb.shape[0]), moments))
+        if not batches:
+            raise WidthSearchError("calibration_x holds no images; pass an array of images or a non-empty list "
+                                   "of batches")
+        total = sum(n for n, _ in batches)
+        out = []
+        for k, layer in enumerate(self.batch_norms):
+            mean = sum(n * moments[k][0] for n, moments in batches) / total
+            variance = sum(n * (moments[k][1] + (moments[k][0] - mean) ** 2) for n, moments in batches) / total
+            start, size = batches[0][1][k][2:]
+            full_mean, full_variance = np.zeros(layer.channels, np.float32), np.ones(layer.channels, np.float32)
+            full_mean[start:start + size], full_variance[start:start + size] = mean, variance
+            out.append((full_mean, full_variance))
+        return out
+
+    def score_widths(self, widths: Sequence[float], data: Iterable, calibration_x=None) -> Dict[str, float]:
+        """Scores a width vector without training: mean over ``data`` batches of its paths' accuracy.
+
+        The paths are :attr:`scored_sides`: left and right for the bilateral supernet, the left one
+        alone for the one-sided supernet (``bilateral=False``), which is what that supernet trains.
 
         Args:
             widths: seven multipliers.
-            data: iterable of ``(x, y)`` batches (a list of arrays or a ``tf.data.Dataset``); batches
-                should be large (>= 128) since BatchNorm uses their statistics.
+            data: iterable of ``(x, y)`` batches (a list of arrays or a ``tf.data.Dataset``).
+            calibration_x: ``None``: every BatchNorm normalises a scoring batch with that batch's own
+                statistics (batches should then be large, >= 128). Otherwise images (or batches of
+                them, see :meth:`calibration_statistics`) on which each path's BatchNorm statistics are
+                recalibrated for this width first; the scoring batches are then normalised with those,
+                as the extracted, calibrated model would be in inference mode. Use training images
+                other than ``data``. The supernet is not changed.
 
         Returns:
-            ``{"score": (acc_left + acc_right) / 2, "loss": mean CE of both paths, "acc_left", "acc_right"}``.
+            ``{"score", "loss", "acc_left", "loss_left"}`` and, if bilateral, ``"acc_right"``,
+            ``"loss_right"``; ``score`` and ``loss`` are the mean accuracy and CE over the scored paths.
         """
         counts = self.counts(widths)
-        totals, n = np.zeros(4), 0
+        statistics = {side: None for side in self.scored_sides}
+        if calibration_x is not None:
+            statistics = {side: [(tf.constant(m), tf.constant(v)) for m, v in
+                                 self.calibration_statistics(counts, calibration_x, side)]
+                          for side in self.scored_sides}
+        totals, n = np.zeros((len(self.scored_sides), 2)), 0
         for batch in data:
-            totals += self._score_batch(tf.convert_to_tensor(batch[0]), tf.convert_to_tensor(batch[1]), counts).numpy()
+            x, y = tf.convert_to_tensor(batch[0]), tf.convert_to_tensor(batch[1])
+            totals += np.stack([self._score_batch(x, y, counts, side == "right", statistics[side]).numpy()
+                                for side in self.scored_sides])
             n += 1
         if n == 0:
             raise WidthSearchError("score_widths got no batches; pass a non-empty list of (x, y)")
-        acc_l, loss_l, acc_r, loss_r = totals / n
-        return {"score": float(0.5 * (acc_l + acc_r)), "loss": float(0.5 * (loss_l + loss_r)),
-                "acc_left": float(acc_l), "acc_right": float(acc_r)}
+        totals /= n
+        out = {}
+        for side, (acc, loss) in zip(self.scored_sides, totals):
+            out[f"acc_{side}"], out[f"loss_{side}"] = float(acc), float(loss)
+        out["score"], out["loss"] = float(totals[:, 0].mean()), float(totals[:, 1].mean())
+        return out
 
     def width_prior(self, temperature: float = 0.05) -> np.ndarray:
         """Per-layer probabilities over the grid from the recorded training losses.
@@ -404,6 +536,16 @@ class BCNetSupernet(tf.keras.Model):
         return probs / probs.sum(axis=1, keepdims=True)
 
     # ------------------------------------------------------------------ extraction
+    def build_model(self, widths: Sequence[float], name: Optional[str] = None) -> tf.keras.Model:
+        """A freshly initialised plain model of ``widths`` (this supernet's input, classes, full widths and
+        binary setting) with none of the supernet's weights: the network that BCNet's final protocol trains
+        from scratch. :meth:`extract` builds the same model and fills in one path's weights.
+
+        Example:
+            >>> model = net.build_model((0.5,) * 7)   # then compile and fit as any Keras model
+        """
+        return build_macro_model(widths, self.image_shape, self.num_classes, self.max_widths, self.binary, name=name)
+
     def extract(self, widths: Sequence[float], side: str = "left", calibration_x=None,
                 name: Optional[str] = None) -> tf.keras.Model:
         """A plain Keras model of ``widths`` with the weights of one path.
@@ -420,7 +562,7 @@ class BCNetSupernet(tf.keras.Model):
         """
         if side not in ("left", "right"):
             raise WidthSearchError(f"side must be 'left' or 'right', got '{side}'")
-        model = build_macro_model(widths, self.image_shape, self.num_classes, self.max_widths, self.binary, name=name)
+        model = self.build_model(widths, name=name)
         counts = [int(c) for c in self.counts(widths).numpy()]
         full = self.max_widths
 
@@ -457,6 +599,15 @@ class BCNetSupernet(tf.keras.Model):
         return {"input_shape": self.image_shape, "num_classes": self.num_classes, "max_widths": self.max_widths,
                 "width_scale": self.width_scale, "binary": self.binary, "grid": self.grid,
                 "bilateral": self.bilateral, "complementary": self.complementary, "name": self.name}
+
+
+def _image_batches(calibration_x):
+    """Image batches of ``calibration_x``: one array/tensor is one batch; an iterable yields arrays or ``(x, y)``."""
+    if isinstance(calibration_x, (np.ndarray, tf.Tensor)):
+        yield calibration_x
+        return
+    for item in calibration_x:
+        yield item[0] if isinstance(item, (tuple, list)) else item
 
 
 def calibrate_batchnorm(model: tf.keras.Model, x) -> None:

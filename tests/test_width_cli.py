@@ -1,0 +1,64 @@
+"""``python -m tfbnas.width`` for BCNet: the search choice, flag errors, and the final-training protocol."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
+from tfbnas.width.channel_bench import MAX_WIDTHS, macro_channels
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_width(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "tfbnas.width", "--method=bcnet", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("search, trials", [("surrogate", 20), (None, 5)])
+def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_path):
+    out = tmp_path / "run"
+    args = ["--benchmark=channel_bench_macro_mobilenet", f"--max_trials={trials}", f"--output_dir={out}"]
+    result = run_width(*args + ([f"--search={search}"] if search else []))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "widths.json").read_text())
+    assert summary["search"] == "surrogate"  # also the default
+    assert summary["queries"] == trials and summary["layer_prior"] == "none"
+    widths = bench.widths(summary["found"])
+    assert summary["true_accuracy"] == pytest.approx(bench.accuracy(widths))
+    assert summary["flops"] <= summary["budget_flops"]
+    assert [r["after"] for r in summary["widths"]] == list(macro_channels(widths, MAX_WIDTHS))
+    assert [r["multiplier"] for r in summary["widths"]] == list(widths)
+    assert (out / "search" / "surrogate_seed0" / "oracle.json").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--benchmark=channel_bench_macro_mobilenet", "--population_size=8"], "--search=evolution"),
+    (["--search=random", "--initial_population=uniform"], "--search=evolution"),
+    (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # scratch needs epochs to train
+])
+def test_bad_bcnet_flags_give_one_error_line_before_any_work(args, expected, tmp_path):
+    result = run_width(*args, f"--output_dir={tmp_path / 'run'}", timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "error" in line.lower() and expected in line]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_bcnet_trains_the_found_widths_from_scratch(tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "run"
+    result = run_width("--train_examples=500", "--test_examples=100", "--eval_examples=100",
+                       "--recalibrate_examples=100", "--supernet_epochs=0", "--max_trials=2",
+                       "--final_training=scratch", "--finetune_epochs=1", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "widths.json").read_text())
+    assert summary["final_training"] == "scratch" and summary["final_epochs"] == 1
+    assert summary["recalibrate_examples"] == 100 and summary["search"] == "surrogate"
+    assert 0.0 <= summary["test_accuracy_scratch"] <= 1.0 and "test_accuracy_finetuned" not in summary
+    model = tf.keras.models.load_model(str(out / "pruned.keras"), compile=False)
+    assert model.get_layer("head").filters == summary["widths"][-1]["after"]

@@ -1,0 +1,136 @@
+"""The main job's width stage: per-cell widths from DNAL gate scores under an OPs budget, end to end."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfbnas  # noqa: F401
+from tfbnas.width import WidthSearchError
+from tfbnas.width.stage import WidthStageConfig, cell_scores, cell_widths, widths_for_budget
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_budget_threshold_is_the_smallest_that_fits():
+    rng = np.random.RandomState(0)
+    scores = [rng.randn(8), rng.randn(16), rng.randn(32)]
+
+    def cost(widths):  # a made-up cost that grows with every width (quadratic like a conv's)
+        return sum((w * c) ** 2 for w, c in zip(widths, (8, 16, 32)))
+
+    full = cost([1.0, 1.0, 1.0])
+    for fraction in (0.9, 0.5, 0.2, 0.05):
+        tau, widths, ops = widths_for_budget(scores, fraction * full, cost, log=lambda _: None)
+        assert ops == cost(widths) <= fraction * full
+        # brute force over every threshold: none smaller than tau fits
+        fitting = [t for t in np.unique(np.concatenate(scores + [np.zeros(1)]))
+                   if t >= 0 and cost(cell_widths(scores, t)) <= fraction * full]
+        assert tau == pytest.approx(min(fitting))
+    # the gates alone (tau = 0) when they already fit
+    tau, widths, _ = widths_for_budget(scores, full, cost, log=lambda _: None)
+    assert tau == 0.0 and widths == cell_widths(scores, 0.0)
+
+
+def test_cell_widths_keep_one_channel_and_scale_a_base():
+    scores = [np.array([-1.0, 2.0, 3.0, -4.0]), np.array([-1.0, -2.0])]
+    assert cell_widths(scores, 0.0) == [0.5, 0.5]  # 2 of 4 open; none open keeps one of 2
+    assert cell_widths(scores, 2.5, base=[0.5, 2.0]) == [0.125, 1.0]
+
+
+def test_even_one_channel_per_cell_above_the_budget_keeps_the_smallest():
+    scores = [np.array([1.0, 2.0]), np.array([3.0, 4.0])]
+    tau, widths, ops = widths_for_budget(scores, 0.1, lambda w: 1.0 + sum(w), log=lambda _: None)
+    assert widths == [0.5, 0.5] and ops == 2.0
+
+
+def test_cell_scores_take_the_highest_gate_of_the_cell():
+    from tfbnas.models import build_child
+    from tfbnas.space.genotype import Genotype
+    from tfbnas.width import dnal
+
+    genotype = Genotype("bireal", 2, [("bireal_conv_3x3", 0), ("skip_connect", 1), ("bireal_conv_5x5", 2),
+                                      ("max_pool_3x3", 0)],
+                        [("skip_connect", 0), ("bireal_conv_3x3", 1), ("bireal_conv_3x3", 2), ("avg_pool_3x3", 1)])
+    child = build_child(genotype, init_channels=8, num_cells=3, input_shape=(16, 16, 1))
+    gated = dnal.insert_gates(child)
+    rng = np.random.RandomState(1)
+    by_cell = {}
+    for gate in dnal.gate_layers(gated):
+        gate.s.assign(rng.randn(gate.s.shape[0]).astype(np.float32))
+        if gate.name.startswith("cell"):
+            by_cell.setdefault(int(gate.name[4]), []).append(gate.s.numpy())
+    scores = cell_scores(gated, 3)
+    assert [len(s) for s in scores] == [8, 16, 32]
+    for i, s in enumerate(scores):
+        full = [g for g in by_cell[i] if len(g) == len(s)]
+        assert len(full) >= 2  # the cell's convs all write into its channels
+        np.testing.assert_allclose(s, np.max(full, axis=0))
+    with pytest.raises(WidthSearchError, match="no gated conv"):
+        cell_scores(gated, 4)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("budget", 0.0, "--width_budget"), ("budget", 1.5, "--width_budget"), ("method", "bcnet", "--width=bcnet"),
+    ("gate_epochs", 0, "--width_gate_epochs"), ("epochs", 0, "--width_epochs")])
+def test_bad_settings(field, value, message):
+    with pytest.raises(WidthSearchError, match=message):
+        WidthStageConfig(**{field: value}).check()
+
+
+def test_bad_budget_flag_is_one_line_and_exit_2():
+    result = subprocess.run([sys.executable, "-m", "tfbnas.run", "--width=dnal", "--width_budget=0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "flag error" in line]
+    assert len(lines) == 1 and "--width_budget must be in (0, 1]" in lines[0], result.stderr[-2000:]
+
+
+def test_main_job_with_width_stage_end_to_end_and_resume(tmp_path):
+    """``--width=dnal`` on real Fashion-MNIST at toy size: the narrowed Child fits the budget, converts with
+    every binary conv binary and parity, shows in the report; a resumed stage reuses its gate scores."""
+    from tfbnas.space.genotype import Genotype
+
+    genotype = Genotype("dcp", 2, [("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("max_pool_3x3", 0)],
+                        [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("skip_connect", 1)])
+    genotype.save(str(tmp_path / "genotype.json"))
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", f"--genotype={tmp_path}/genotype.json",
+            "--train_examples=640", "--test_examples=128", "--epochs=1", "--parent_epochs=1", "--parity_examples=64",
+            "--benchmark_runs=2", "--width=dnal", "--width_budget=0.6", f"--output_dir={out}"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    width = summary["width"]
+    assert width["ops_after"] <= 0.6 * width["ops_before"]
+    assert width["ops_before"] == pytest.approx(summary["cost"]["ops"])  # the trained Child's cost
+    assert [c["before"] for c in width["cells"]] == [8, 16, 32]
+    assert any(c["after"] < c["before"] for c in width["cells"])
+    assert width["size_bytes_after"] < width["size_bytes_before"]
+    deploy = summary["deploy"]
+    assert deploy["agreement"] >= 0.99 and deploy["binary_convs"] > 0
+    trained = json.loads((out / "width" / "figures" / "train_child.json").read_text())["flatbuffer"]["ops"]
+    for op in ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D"):  # narrowing turns no binary conv into a float one
+        assert deploy["op_histogram"].get(op, 0) == trained.get(op, 0), (op, deploy["op_histogram"], trained)
+    assert deploy["size_bytes"] == width["size_bytes_after"]  # the narrowed Child is the one deployed
+    assert f"narrowed Child test top-1 {width['top1_after']:.4f}" in result.stdout
+    report = (out / "report.md").read_text()
+    assert "## Width" in report and "| narrowed Child |" in report and (out / "width" / "curves.png").exists()
+    gates = dict(np.load(out / "width" / "gates.npz"))
+
+    # the stage again from its own folder: gate scores and the narrowed Child's training are kept
+    os.remove(out / "width" / "widths.json")
+    shutil.rmtree(out / "deploy")
+    result = subprocess.run([sys.executable, "-m", "tfbnas.run", f"--resume={out}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "width: gate scores of an earlier call kept" in result.stdout
+    assert "[child] 1 epochs" not in result.stdout  # the finished training only restores
+    again = json.loads((out / "summary.json").read_text())["width"]
+    assert again["widths"] == width["widths"] and again["top1_after"] == pytest.approx(width["top1_after"])
+    for key, value in np.load(out / "width" / "gates.npz").items():
+        np.testing.assert_array_equal(value, gates[key])
