@@ -63,18 +63,12 @@ def test_idx_reader_rejects_truncated_and_foreign_files(tmp_path):
 
 
 @needs_idx
-def test_split_sizes_are_halves_and_disjoint():
+def test_split_sizes_and_batches():
     splits = data.make_splits("fashion_mnist", batch_size=100, train_examples=1000, test_examples=300)
     assert splits.sizes == {"train": 1000, "search_train": 500, "search_val": 500, "test": 300}
     full = data.make_splits("fashion_mnist", batch_size=100)
     assert full.sizes == {"train": 60000, "search_train": 30000, "search_val": 30000, "test": 10000}
-    # one epoch of each half, without augmentation, covers disjoint image sets
-    (x, y), _ = data.load_arrays("fashion_mnist")
-    x, y = data.subset(x, y, 1000, 0)
     info = data.dataset_info("fashion_mnist")
-    order = np.random.RandomState(2).permutation(1000)
-    first, second = set(order[:500].tolist()), set(order[500:].tolist())
-    assert not first & second and len(first | second) == 1000
     seen = []
     for images, labels in splits.search_train.take(5):
         assert images.shape == (100, 28, 28, 1) and images.dtype == tf.float32 and labels.dtype == tf.int64
@@ -86,6 +80,31 @@ def test_split_sizes_are_halves_and_disjoint():
     values = np.concatenate([b[0].numpy().ravel() for b in test_batches])
     assert abs(values.mean()) < 0.1 and 0.8 < values.std() < 1.2
     assert info.num_classes == 10
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_search_halves_are_disjoint_and_cover_the_training_set(tmp_path):
+    """The real search-train and search-val streams: every training image (image k is filled with the value
+    k, so its centre pixel names it through crop/flip augmentation) in exactly one half."""
+    n = 200
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.repeat(np.arange(n), 28 * 28).reshape(n, 28, 28))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(n) % 10)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((20, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
+    splits = data.make_splits("fashion_mnist", batch_size=20, data_dir=str(tmp_path))
+    assert splits.sizes["search_train"] == splits.sizes["search_val"] == n // 2
+
+    def ids(stream):  # one epoch: n/2 images in batches of 20
+        centres = np.concatenate([images[:, 14, 14, 0].numpy() for images, _ in stream.take(n // 2 // 20)])
+        return np.round(centres, 4)
+
+    first, second = ids(splits.search_train), ids(splits.search_val)
+    assert len(set(first)) == len(first) == n // 2 and len(set(second)) == n // 2
+    assert not set(first) & set(second) and len(set(first) | set(second)) == n
 
 
 @needs_idx

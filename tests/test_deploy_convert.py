@@ -238,7 +238,9 @@ def test_int8_io_needs_quantisation_statistics(trained, tmp_path):
     assert summary.ops["LceBconv2d"] == NUM_BINARY_CONVS
     x, y, _ = par.parity_batch("fashion_mnist", 32, model)
     result = par.parity_check(model, flatbuffer, x, y)  # int8 inputs are quantised with the model's own scale
-    assert result.examples == 32 and 0.0 <= result.agreement <= 1.0
+    # int8 logits are clipped to the default range (-3, 3), so ties cost some agreement (0.81 measured);
+    # a wrong input scale or zero point would leave it near chance (0.1)
+    assert result.examples == 32 and result.agreement >= 0.5
 
 
 def run_cli(*args):
