@@ -144,3 +144,24 @@ def test_transfer_weights_rejects_mismatched_ops():
 def test_factorized_reduce_needs_even_channels():
     with pytest.raises(SpaceError, match="even"):
         make_search_op("skip_connect", 7, 2)
+
+
+@pytest.mark.parametrize("cin, channels", [(24, 8), (20, 8), (8, 8), (48, 16)])
+def test_fold_channels_is_the_mean_of_zero_padded_slices(cin, channels):
+    """Values against a numpy reference; gradient: channel i*C + c of the input gets w[c] / k."""
+    from tfbnas.space.ops import fold_channels
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 5, 6, cin).astype(np.float32)
+    k = -(-cin // channels)
+    padded = np.concatenate([x, np.zeros((2, 5, 6, k * channels - cin), np.float32)], axis=-1)
+    expected = np.mean([padded[..., i * channels:(i + 1) * channels] for i in range(k)], axis=0)
+    w = rng.randn(channels).astype(np.float32)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = fold_channels(xt, channels)
+        loss = tf.reduce_sum(y * w)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-6, atol=1e-6)
+    grad = tape.gradient(loss, xt).numpy()
+    np.testing.assert_allclose(grad, np.broadcast_to(np.tile(w / k, k)[:cin], x.shape), rtol=1e-6)

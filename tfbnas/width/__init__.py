@@ -9,6 +9,8 @@
 * :mod:`tfbnas.width.surrogate` — model-based search (additive Bayesian surrogate, Thompson sampling,
   re-evaluation under noise) as a keras-tuner Oracle; the default of ``run_width_search``.
 * :mod:`tfbnas.width.channel_bench` — the Channel-Bench-Macro table as a ground-truth oracle.
+* :mod:`tfbnas.width.stage` — the main job's width stage (``python -m tfbnas.run --width=dnal``): DNAL
+  gate scores of the trained Child choose per-cell widths within an OPs budget.
 
 Command line: ``python -m tfbnas.width --method=dnal|bcnet ...`` (see ``docs/width_search.md``).
 """
