@@ -133,13 +133,5 @@ def main(argv):
     print(f"results: {out}")
 
 
-def guarded(argv):
-    try:
-        main(argv)
-    except recipe.USER_ERRORS as e:
-        print(f"child_vs_baseline: error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    tflags.run(guarded)
+    tflags.run(main, prog="child_vs_baseline")

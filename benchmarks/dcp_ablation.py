@@ -251,4 +251,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    tflags.run(lambda argv: sq.guarded_main(argv, main=main, program=PROGRAM))
+    tflags.run(main, prog=PROGRAM)

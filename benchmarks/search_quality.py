@@ -539,19 +539,5 @@ def main(argv):
     print(f"\n{table}\n\nresults: {root} ({clock})\n{summary['line']}")
 
 
-def guarded_main(argv, main=main, program=PROGRAM):
-    """``main(argv)`` with the search's, training's and deployment's user errors as one line and exit 1."""
-    from tfbnas.deploy import DeployError
-    from tfbnas.search.run_search import USER_ERRORS as SEARCH_ERRORS
-    from tfbnas.train.recipe import USER_ERRORS as TRAIN_ERRORS
-
-    errors = tuple({*SEARCH_ERRORS, *TRAIN_ERRORS, DeployError} - {ConfigError})
-    try:
-        main(argv)
-    except errors as e:
-        print(f"{program}: error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    tflags.run(guarded_main)
+    tflags.run(main, prog=PROGRAM)

@@ -115,6 +115,27 @@ def test_keras_file_round_trip(tmp_path, genotype, binary):
     assert {"Subsample2D", "ShiftPixel", "HardTanh"} <= set(custom_objects())
 
 
+def test_a_saved_child_loads_after_import_tfbnas_alone(tmp_path):
+    """As a user loads it: a fresh process, ``import tfbnas`` and nothing else from tfbnas."""
+    import subprocess
+    import sys
+
+    model = build_child(BIREAL, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+    x = _images((28, 28, 1))
+    model.save(tmp_path / "child.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", model(x, training=False).numpy())
+    program = ("import numpy as np, sys, tfbnas, tensorflow as tf\n"
+               "m = tf.keras.models.load_model(sys.argv[1] + '/child.keras')\n"
+               "np.testing.assert_array_equal(m(np.load(sys.argv[1] + '/x.npy'), training=False).numpy(), "
+               "np.load(sys.argv[1] + '/y.npy'))\n"
+               "print('loaded', sorted(n for n in sys.modules if n.startswith('tfbnas.width')))\n")
+    result = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "loaded []"  # keras-tuner (Keras 3) is not pulled in
+
+
 def test_child_trains_on_fashion_mnist():
     tf.keras.utils.set_random_seed(0)
     (x_train, y_train), (x_test, y_test) = data.load_arrays("fashion_mnist")

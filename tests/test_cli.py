@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,11 +49,13 @@ def test_unwritable_output_dir_and_missing_data(tmp_path):
 
 
 def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
-    """The whole pipeline on real Fashion-MNIST at toy size; Ctrl-C during training, then --resume."""
+    """The whole pipeline on real Fashion-MNIST at toy size, width stage included; Ctrl-C during training,
+    then --resume; then the width stage again from its own folder (gate scores and training kept)."""
     out = tmp_path / "run"
     args = [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--search_epochs=1",
             "--search_examples=1024", "--train_examples=2048", "--test_examples=512", "--epochs=2", "--parent_epochs=1",
-            "--parity_examples=128", "--benchmark_runs=3", f"--output_dir={out}"]
+            "--parity_examples=128", "--benchmark_runs=3", "--width=dnal", "--width_budget=0.6", "--width_epochs=1",
+            f"--output_dir={out}"]
     # Ctrl-C as in a terminal: a test runner started in the background (`cmd &`) hands its children an
     # ignored SIGINT, which Python then keeps ignoring; restore the default so the job gets KeyboardInterrupt.
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -85,3 +89,31 @@ def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
     assert f"| normal | 0 | {kept['source']} | `{kept['op']}` | {kept['p']:.3f} |" in report
     assert "Child test top-1" in result.stdout and "TFLite" in result.stdout
     assert (out / "deploy" / "child.tflite").exists() and (out / "train" / "child.keras").exists()
+
+    # the width stage: the narrowed Child fits the budget, converts with every binary conv binary and parity,
+    # and is the one deployed and reported
+    width = summary["width"]
+    assert width["ops_after"] <= 0.6 * width["ops_before"]
+    assert width["ops_before"] == pytest.approx(summary["cost"]["ops"])  # the trained Child's cost
+    assert [c["before"] for c in width["cells"]] == [8, 16, 32]
+    assert any(c["after"] < c["before"] for c in width["cells"])
+    assert width["size_bytes_after"] < width["size_bytes_before"]
+    deploy = summary["deploy"]
+    trained = json.loads((out / "width" / "figures" / "train_child.json").read_text())["flatbuffer"]["ops"]
+    for op in ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D"):  # narrowing turns no binary conv into a float one
+        assert deploy["op_histogram"].get(op, 0) == trained.get(op, 0), (op, deploy["op_histogram"], trained)
+    assert deploy["size_bytes"] == width["size_bytes_after"]
+    assert f"narrowed Child test top-1 {width['top1_after']:.4f}" in result.stdout
+    assert "## Width" in report and "| narrowed Child |" in report and (out / "width" / "curves.png").exists()
+    gates = dict(np.load(out / "width" / "gates.npz"))
+
+    os.remove(out / "width" / "widths.json")
+    shutil.rmtree(out / "deploy")
+    result = run_module("tfbnas.run", f"--resume={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "width: gate scores of an earlier call kept" in result.stdout
+    assert "[child] 1 epochs" not in result.stdout  # the finished training only restores
+    again = json.loads((out / "summary.json").read_text())["width"]
+    assert again["widths"] == width["widths"] and again["top1_after"] == pytest.approx(width["top1_after"])
+    for key, value in np.load(out / "width" / "gates.npz").items():
+        np.testing.assert_array_equal(value, gates[key])

@@ -117,7 +117,7 @@ def test_unwritable_output_dir_and_indivisible_batch(tmp_path):
     assert result.returncode == 1 and "cannot write the run folder" in result.stderr.splitlines()[-1]
     result = run(["--flagfile=configs/smoke.flags", f"--output_dir={tmp_path / 'r'}", "--batch_size=30",
                   "--dcp_ggn", "--dcp_ggn_samples=4"])
-    assert result.returncode == 1 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]
+    assert result.returncode == 2 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]  # a bad value
     result = run([f"--resume={tmp_path / 'nothing'}"])
     assert result.returncode == 1 and "no flags.json" in result.stderr.splitlines()[-1]
 

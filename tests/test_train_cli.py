@@ -120,7 +120,7 @@ def test_resume_after_kill_matches_the_uninterrupted_run(reference, genotype_pat
 
 def test_genotype_of_another_preset_fails_in_one_line(genotype_path, tmp_path):
     result = run([f"--genotype={genotype_path}", "--preset=bats", f"--output_dir={tmp_path / 'x'}"])
-    assert result.returncode != 0
+    assert result.returncode == 2  # flags that contradict the genotype: the command line is wrong
     lines = [line for line in result.stderr.splitlines() if line.startswith("tfbnas.train")]
     assert len(lines) == 1 and "genotype field 'preset' is 'dcp'" in lines[0] and "--preset=dcp" in lines[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
@@ -128,5 +128,5 @@ def test_genotype_of_another_preset_fails_in_one_line(genotype_path, tmp_path):
 
 def test_wrong_cell_count_for_widths_fails_in_one_line(genotype_path, tmp_path):
     result = run([f"--genotype={genotype_path}", "--widths=1,1,1,1", f"--output_dir={tmp_path / 'x'}"])
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--widths has 4 values but the Child has num_cells=3" in result.stderr

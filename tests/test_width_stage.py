@@ -1,8 +1,7 @@
-"""The main job's width stage: per-cell widths from DNAL gate scores under an OPs budget, end to end."""
+"""The main job's width stage: per-cell widths from DNAL gate scores under an OPs budget (the stage end to end,
+with its resume, runs inside ``test_cli.py``'s main-job test)."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -88,49 +87,3 @@ def test_bad_budget_flag_is_one_line_and_exit_2():
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "flag error" in line]
     assert len(lines) == 1 and "--width_budget must be in (0, 1]" in lines[0], result.stderr[-2000:]
-
-
-def test_main_job_with_width_stage_end_to_end_and_resume(tmp_path):
-    """``--width=dnal`` on real Fashion-MNIST at toy size: the narrowed Child fits the budget, converts with
-    every binary conv binary and parity, shows in the report; a resumed stage reuses its gate scores."""
-    from tfbnas.space.genotype import Genotype
-
-    genotype = Genotype("dcp", 2, [("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("max_pool_3x3", 0)],
-                        [("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("dil_conv_5x5", 2), ("skip_connect", 1)])
-    genotype.save(str(tmp_path / "genotype.json"))
-    out = tmp_path / "run"
-    args = [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", f"--genotype={tmp_path}/genotype.json",
-            "--train_examples=640", "--test_examples=128", "--epochs=1", "--parent_epochs=1", "--parity_examples=64",
-            "--benchmark_runs=2", "--width=dnal", "--width_budget=0.6", f"--output_dir={out}"]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    width = summary["width"]
-    assert width["ops_after"] <= 0.6 * width["ops_before"]
-    assert width["ops_before"] == pytest.approx(summary["cost"]["ops"])  # the trained Child's cost
-    assert [c["before"] for c in width["cells"]] == [8, 16, 32]
-    assert any(c["after"] < c["before"] for c in width["cells"])
-    assert width["size_bytes_after"] < width["size_bytes_before"]
-    deploy = summary["deploy"]
-    assert deploy["agreement"] >= 0.99 and deploy["binary_convs"] > 0
-    trained = json.loads((out / "width" / "figures" / "train_child.json").read_text())["flatbuffer"]["ops"]
-    for op in ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D"):  # narrowing turns no binary conv into a float one
-        assert deploy["op_histogram"].get(op, 0) == trained.get(op, 0), (op, deploy["op_histogram"], trained)
-    assert deploy["size_bytes"] == width["size_bytes_after"]  # the narrowed Child is the one deployed
-    assert f"narrowed Child test top-1 {width['top1_after']:.4f}" in result.stdout
-    report = (out / "report.md").read_text()
-    assert "## Width" in report and "| narrowed Child |" in report and (out / "width" / "curves.png").exists()
-    gates = dict(np.load(out / "width" / "gates.npz"))
-
-    # the stage again from its own folder: gate scores and the narrowed Child's training are kept
-    os.remove(out / "width" / "widths.json")
-    shutil.rmtree(out / "deploy")
-    result = subprocess.run([sys.executable, "-m", "tfbnas.run", f"--resume={out}"], cwd=REPO, capture_output=True,
-                            text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "width: gate scores of an earlier call kept" in result.stdout
-    assert "[child] 1 epochs" not in result.stdout  # the finished training only restores
-    again = json.loads((out / "summary.json").read_text())["width"]
-    assert again["widths"] == width["widths"] and again["top1_after"] == pytest.approx(width["top1_after"])
-    for key, value in np.load(out / "width" / "gates.npz").items():
-        np.testing.assert_array_equal(value, gates[key])

@@ -6,6 +6,14 @@ otherwise hands out Keras 3 as ``tf.keras``. It also turns on TensorFlow's oneDN
 (``TF_ENABLE_ONEDNN_OPTS=1``), which TensorFlow enables by default only on some x86 CPUs: without
 them the gradient of a dilated convolution (the ``dil_*`` ops) fails on CPU with "Current CPU
 implementations do not yet support dilation rates larger than 1" (seen on AMD EPYC).
+
+It registers every Keras layer and schedule a saved Child, Parent or supernet uses, so loading a
+run's model needs nothing else:
+
+    import tfbnas
+    import tensorflow as tf
+
+    child = tf.keras.models.load_model("runs/<run>/train/child.keras")
 """
 
 import os as _os
@@ -32,3 +40,8 @@ def _check_keras_2():
 
 
 _check_keras_2()
+
+# Every Keras layer and schedule a saved Child, Parent or supernet uses is registered on import, so that
+# ``import tfbnas; tf.keras.models.load_model("RUN/train/child.keras")`` is all a user needs.
+from tfbnas import models as _models  # noqa: E402,F401
+from tfbnas.train import distiller as _distiller, schedules as _schedules  # noqa: E402,F401

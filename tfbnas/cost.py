@@ -41,6 +41,8 @@ from typing import Any
 import larq as lq
 import tensorflow as tf
 
+from tfbnas.errors import CostModelError  # noqa: F401  (importable from here)
+
 __all__ = [
     "BOPS_PER_OP",
     "CostModelError",
@@ -61,10 +63,6 @@ BOPS_PER_OP = 64
 
 #: Input channels per group that LCE 0.16 needs to emit a grouped ``LceBconv2d``.
 LCE_GROUP_CHANNEL_MULTIPLE = 32
-
-
-class CostModelError(ValueError):
-    """A model, layer or argument the cost model cannot count."""
 
 
 class UncountedLayerWarning(UserWarning):

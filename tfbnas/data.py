@@ -27,6 +27,8 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfbnas.errors import DatasetNotFoundError, IdxFormatError  # noqa: F401  (importable from here)
+
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -36,14 +38,6 @@ FASHION_MNIST_FILES = {
 }
 # tfds datasets small enough to hold in memory; others stream from their TFRecords.
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The requested dataset is not on this machine; the message says where we looked and how to get it."""
-
-
-class IdxFormatError(ValueError):
-    """An IDX file is truncated or not an IDX file."""
 
 
 @dataclasses.dataclass(frozen=True)

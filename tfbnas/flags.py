@@ -2,7 +2,8 @@
 
 Each entry point calls the ``define_*`` groups it needs, then runs through :func:`run`, which parses
 ``argv`` (flagfiles included) and turns absl's multi-line usage dumps into one line naming the bad
-flag and the fix, with exit code 2.
+flag and the fix, with exit code 2; errors a run raises print one line with their own exit code
+(:mod:`tfbnas.errors`).
 """
 
 import json
@@ -11,11 +12,9 @@ import sys
 
 from absl import app, flags
 
+from tfbnas.errors import ConfigError, TfbnasError
+
 FLAGS = flags.FLAGS
-
-
-class ConfigError(ValueError):
-    """A flag combination that absl accepts but tfbnas cannot run; the message says what to change."""
 
 
 def _define_once(define, name, *args, **kwargs):
@@ -112,15 +111,17 @@ def _one_line_parser(argv):
         sys.exit(2)
 
 
-def run(main):
-    """``absl.app.run(main)`` with one-line flag errors, and ConfigError/known errors as one line too."""
+def run(main, prog=None):
+    """``absl.app.run(main)`` for every entry point: flag errors as one line with exit code 2, and any
+    :class:`~tfbnas.errors.TfbnasError` as ``<prog>: error: <message>`` with the error's exit code
+    (the table in :mod:`tfbnas.errors`). ``prog`` names the program (default: the script's file name)."""
 
     def guarded(argv):
         try:
             return main(argv)
-        except ConfigError as e:
-            print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
-            sys.exit(2)
+        except TfbnasError as e:
+            print(f"{prog or os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
 
     app.run(guarded, flags_parser=_one_line_parser)
 

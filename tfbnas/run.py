@@ -29,6 +29,7 @@ from absl import flags, logging
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfbnas import data, flags as tflags, runs
+from tfbnas.errors import EXIT_INTERRUPTED
 from tfbnas.report import write_report
 
 FLAGS = flags.FLAGS
@@ -231,7 +232,7 @@ def main(argv):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the summary short
         _finish(summary, times, timer, run_dir)
         print(f"\ninterrupted: resume with python -m tfbnas.run --resume={run_dir}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     _finish(summary, times, timer, run_dir)
     top1 = summary.get("train", {}).get("child", {}).get("top1")
     ops = (summary.get("cost") or {}).get("ops")
@@ -251,26 +252,8 @@ def _finish(summary, times, timer, run_dir):
     _save_summary(run_dir, summary)
 
 
-def _user_errors():
-    from tfbnas.deploy import DeployError
-    from tfbnas.search.run_search import USER_ERRORS as SEARCH_ERRORS
-    from tfbnas.train.recipe import USER_ERRORS as TRAIN_ERRORS
-
-    from tfbnas.width import WidthSearchError
-
-    return tuple({*SEARCH_ERRORS, *TRAIN_ERRORS, DeployError, WidthSearchError, tflags.ConfigError})
-
-
-def guarded_main(argv):
-    try:
-        main(argv)
-    except _user_errors() as e:
-        print(f"tfbnas.run: error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
 def cli():
-    tflags.run(guarded_main)
+    tflags.run(main, prog="tfbnas.run")
 
 
 if __name__ == "__main__":

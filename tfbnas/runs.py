@@ -4,9 +4,7 @@ import datetime
 import os
 import time
 
-
-class RunDirError(OSError):
-    """The run folder cannot be created or written; the message names the folder and the fix."""
+from tfbnas.errors import RunDirError  # noqa: F401  (importable from here)
 
 
 def make_run_dir(output_dir, kind: str, dataset: str = "") -> str:

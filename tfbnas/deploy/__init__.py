@@ -12,15 +12,10 @@ Example:
     >>> report = convert_model_file("run/child.keras", "run/child.tflite")
 """
 
-
-class DeployError(Exception):
-    """A deploy step cannot go on; the one-line message names the problem and the fix."""
-
-
-# Submodules import DeployError from here, so it is defined first.
-from tfbnas.deploy.flatbuffer import FlatbufferSummary, op_histogram, summarize_flatbuffer  # noqa: E402
-from tfbnas.deploy.parity import ParityError, ParityResult, parity_batch, parity_check  # noqa: E402
-from tfbnas.deploy.convert import (  # noqa: E402
+from tfbnas.errors import DeployError  # noqa: F401  (importable from here)
+from tfbnas.deploy.flatbuffer import FlatbufferSummary, op_histogram, summarize_flatbuffer
+from tfbnas.deploy.parity import ParityError, ParityResult, parity_batch, parity_check
+from tfbnas.deploy.convert import (
     BinarizationIssue,
     binarization_issues,
     convert_keras,
@@ -28,7 +23,7 @@ from tfbnas.deploy.convert import (  # noqa: E402
     float_twin,
     load_keras_model,
 )
-from tfbnas.deploy.benchmark import Latency, benchmark_board, benchmark_host, parse_benchmark_output  # noqa: E402
+from tfbnas.deploy.benchmark import Latency, benchmark_board, benchmark_host, parse_benchmark_output
 
 __all__ = [
     "DeployError", "ParityError", "BinarizationIssue", "FlatbufferSummary", "ParityResult", "Latency",

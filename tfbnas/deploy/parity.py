@@ -19,13 +19,9 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from tfbnas.deploy import DeployError
+from tfbnas.errors import DeployError, ParityError  # noqa: F401  (ParityError: importable from here)
 
 PREPROCESS_CHOICES = ("auto", "mean_std", "unit", "raw")
-
-
-class ParityError(DeployError):
-    """The converted model disagrees with the Keras model on more images than allowed."""
 
 
 @dataclasses.dataclass

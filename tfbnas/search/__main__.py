@@ -8,8 +8,6 @@ Run folder: ``flags.txt``/``flags.json``, ``checkpoints/``, ``tensorboard/``, ``
 ``cell_normal.png``/``cell_reduce.png`` and ``search_summary.json``.
 """
 
-import sys
-
 from absl import flags
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -22,12 +20,8 @@ tflags.define_all()
 
 def main(argv):
     del argv
-    try:
-        run_search.main_from_flags(FLAGS)
-    except run_search.USER_ERRORS as e:
-        print(f"tfbnas.search: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_search.main_from_flags(FLAGS)
 
 
 if __name__ == "__main__":
-    tflags.run(main)
+    tflags.run(main, prog="tfbnas.search")

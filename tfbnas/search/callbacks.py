@@ -3,16 +3,11 @@
 import csv
 import math
 import os
-import sys
 
 import numpy as np
 import tensorflow as tf
 
 from tfbnas.space.genotype import count_param_free
-
-
-class SearchDiverged(RuntimeError):
-    """The search loss became NaN/Inf; the message names the step and the checkpoint to resume from."""
 
 
 class StrategySchedule(tf.keras.callbacks.Callback):

@@ -14,17 +14,14 @@ from typing import Optional
 import tensorflow as tf
 
 from tfbnas import data, runs
+from tfbnas.errors import SearchDiverged
 from tfbnas.flags import ConfigError, flag_values, saved_flag_values, write_flags
-from tfbnas.search.callbacks import NanGuard, SearchDiverged, SearchRecorder, StrategySchedule, truncate_records
+from tfbnas.search.callbacks import NanGuard, SearchRecorder, StrategySchedule, truncate_records
 from tfbnas.search.distribute import is_chief, make_distribution
 from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
-from tfbnas.space.genotype import GenotypeError, count_param_free, edge_margins, plot_cell
-from tfbnas.space.ops import SpaceError
+from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
 from tfbnas.space.supernet import SuperNet
-
-USER_ERRORS = (ConfigError, data.DatasetNotFoundError, data.IdxFormatError, runs.RunDirError, SearchDiverged,
-               GenotypeError, SpaceError)
 
 
 @dataclasses.dataclass

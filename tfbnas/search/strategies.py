@@ -51,10 +51,8 @@ Every ingredient has a switch (``dcp_kl``, ``dcp_kl_arch``, ``dcp_tangent``, ``d
 ``dcp_decoupled``, ``dcp_inherit``, ``dcp_arch_from_parent``, ``dcp_inherit_weights``) for ablations.
 """
 
-import math
 from typing import Dict, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from tfbnas.search.distribute import assign_variable

@@ -18,15 +18,12 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfbnas.errors import GenotypeError  # noqa: F401  (importable from here)
 from tfbnas.space.ops import PARAM_FREE_OPS, PRESETS
 
 FORMAT = "tfbnas.genotype"
 VERSION = 1
 CELL_TYPES = ("normal", "reduce")
-
-
-class GenotypeError(ValueError):
-    """A genotype (or its JSON file) is invalid; the message names the field and the fix."""
 
 
 def num_edges(nodes: int) -> int:

@@ -44,10 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbnas.cost import OpCount, register_layer_cost
-
-
-class SpaceError(ValueError):
-    """A search-space setting is invalid; the message names the setting and the fix."""
+from tfbnas.errors import SpaceError  # noqa: F401  (importable from here)
 
 
 # BatchNorm settings shared by both forms (momentum as DARTS: 0.1 in PyTorch terms).

@@ -11,8 +11,6 @@ flags.json beside the genotype. Run folder: ``flags.txt``/``flags.json``, ``geno
 ``metrics.json`` (test top-1/top-5), ``larq_summary.txt`` and ``cost.md``. See docs/training.md.
 """
 
-import sys
-
 from absl import flags, logging
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -29,12 +27,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     # Evaluating several models re-traces test functions; TensorFlow's retracing notes are noise here.
     tf.get_logger().setLevel("ERROR")
-    try:
-        recipe.main_from_flags(FLAGS)
-    except recipe.USER_ERRORS as e:
-        print(f"tfbnas.train: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    recipe.main_from_flags(FLAGS)
 
 
 if __name__ == "__main__":
-    tflags.run(main)
+    tflags.run(main, prog="tfbnas.train")

@@ -11,9 +11,7 @@ and the distributional loss of ReActNet with a real-valued Parent as teacher.
 
 import tensorflow as tf
 
-
-class DistillerError(ValueError):
-    """Invalid distillation arguments; the message names the argument and the fix."""
+from tfbnas.errors import DistillerError  # noqa: F401  (importable from here)
 
 
 def distillation_kl(teacher_logits, student_logits, temperature: float):

@@ -37,10 +37,10 @@ from absl import flags
 
 from tfbnas import data, runs
 from tfbnas.flags import ConfigError
-from tfbnas.space.genotype import Genotype, GenotypeError
-from tfbnas.space.ops import HardTanh, SpaceError
-from tfbnas.train.distiller import Distiller, DistillerError
-from tfbnas.train.schedules import SCHEDULES, ScheduleError, make_schedule
+from tfbnas.space.genotype import Genotype
+from tfbnas.space.ops import HardTanh
+from tfbnas.train.distiller import Distiller
+from tfbnas.train.schedules import SCHEDULES, make_schedule
 
 PHASES = ("parent", "stage1", "child")
 STAGE1_MODES = ("activations", "weights")
@@ -51,8 +51,6 @@ SPACE_DEFAULTS = {"init_channels": 16, "num_cells": 8}
 HISTORY_FIELDS = ("phase", "epoch", "lr", "loss", "ce_loss", "kd_loss", "accuracy", "top5", "val_loss",
                   "val_accuracy", "val_top5", "seconds")
 
-USER_ERRORS = (ConfigError, data.DatasetNotFoundError, data.IdxFormatError, runs.RunDirError, GenotypeError,
-               SpaceError, ScheduleError, DistillerError)
 
 
 # ------------------------------------------------------------------------------------------- flags
@@ -846,4 +844,4 @@ def main_from_flags(FLAGS) -> TrainResult:
 __all__ = ["TrainConfig", "TrainResult", "TrainData", "PhaseRecorder", "define_train_flags", "resolve_space",
            "stage1_model", "real_twin", "decayed_variables", "make_optimizer", "run_phase", "evaluate",
            "train_model", "train_child", "load_parent", "plot_history", "write_model_reports", "main_from_flags",
-           "USER_ERRORS", "PHASES"]
+           "PHASES"]

@@ -14,11 +14,9 @@ import math
 
 import tensorflow as tf
 
+from tfbnas.errors import ScheduleError  # noqa: F401  (importable from here)
+
 SCHEDULES = ("cosine", "onecycle")
-
-
-class ScheduleError(ValueError):
-    """A schedule argument is invalid; the message names it and the fix."""
 
 
 def _check_steps(total_steps):

@@ -15,18 +15,14 @@
 Command line: ``python -m tfbnas.width --method=dnal|bcnet ...`` (see ``docs/width_search.md``).
 """
 
-
-class WidthSearchError(ValueError):
-    """A width-search input tfbnas cannot use; the message names the problem and the fix."""
-
-
-from tfbnas.width.channel_bench import ChannelBenchMacro, macro_cost, macro_flops  # noqa: E402
-from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, finetune, insert_gates, prune,  # noqa: E402
+from tfbnas.errors import WidthSearchError  # noqa: F401  (importable from here)
+from tfbnas.width.channel_bench import ChannelBenchMacro, macro_cost, macro_flops
+from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, finetune, insert_gates, prune,
                                train_gates, train_weights)
-from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, WidthSpace, WidthTuner,  # noqa: E402
+from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, WidthSpace, WidthTuner,
                                     run_width_search)
-from tfbnas.width.surrogate import AdditiveSurrogate, SurrogateWidthOracle  # noqa: E402
-from tfbnas.width.bcnet import BCNetSupernet, build_macro_model  # noqa: E402
+from tfbnas.width.surrogate import AdditiveSurrogate, SurrogateWidthOracle
+from tfbnas.width.bcnet import BCNetSupernet, build_macro_model
 
 __all__ = [
     "AdditiveSurrogate",

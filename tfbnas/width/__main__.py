@@ -21,7 +21,6 @@ for BCNet, the keras-tuner project (``search/``) that a rerun with the same ``--
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import flags
@@ -311,15 +310,9 @@ def main(argv):
     run_dir = runs.make_run_dir(FLAGS.output_dir, f"width-{FLAGS.method}",
                                 "channel_bench" if FLAGS.benchmark else FLAGS.dataset)
     tflags.write_flags(run_dir, tflags.flag_values(["tfbnas"]))
-    from tfbnas.width import WidthSearchError
-
-    try:
-        run_dnal(run_dir) if FLAGS.method == "dnal" else run_bcnet(run_dir)
-    except (WidthSearchError, data.DatasetNotFoundError, runs.RunDirError) as e:
-        print(f"tfbnas.width: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_dnal(run_dir) if FLAGS.method == "dnal" else run_bcnet(run_dir)
     print(f"\nrun folder: {run_dir}")
 
 
 if __name__ == "__main__":
-    tflags.run(main)
+    tflags.run(main, prog="tfbnas.width")

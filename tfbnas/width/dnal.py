@@ -58,7 +58,7 @@ import larq as lq
 import numpy as np
 import tensorflow as tf
 
-from tfbnas.width import WidthSearchError
+from tfbnas.errors import PruneError, WidthSearchError  # noqa: F401  (importable from here)
 
 __all__ = [
     "GATE_MODES",
@@ -86,10 +86,6 @@ __all__ = [
 GATE_MODES = ("off", "soft", "hard")
 
 _L = tf.keras.layers
-
-
-class PruneError(WidthSearchError):
-    """A model that DNAL cannot gate or prune as asked; the message names the layer and the fix."""
 
 
 # ============================================================================ the gate
