@@ -1,13 +1,22 @@
-"""The run report: ``report.md`` (and ``report.html``) telling a run's story with its pictures and tables.
+"""The run report: ``report.md`` and ``report.html`` telling a run's story with its pictures and tables.
 
 :func:`write_report` takes the pipeline's summary dictionary (what each stage recorded) and the run
-folder; every picture is referenced relative to the folder, so the report can be moved with it.
+folder. :func:`build_report` writes the story as Markdown, referencing every picture by its path relative
+to the folder, so ``report.md`` reads right next to the files it shows. :func:`markdown_to_html` renders
+that text with Python-Markdown (its ``tables`` and ``fenced_code`` extensions read the tables and the
+code blocks between triple-backtick fences) and inlines every PNG picture under the run folder as a
+``data:image/png;base64,...`` URI: the HTML carries its pictures and opens correctly wherever it is
+copied. A picture that is not there stays an ordinary relative link.
 """
 
-import html
+import base64
 import json
 import os
 from typing import Dict, List, Optional
+from urllib.parse import urlsplit
+
+import markdown
+from markdown.treeprocessors import Treeprocessor
 
 
 def _fmt(value, digits=4):
@@ -151,51 +160,50 @@ def write_report(summary: Dict, run_dir: str) -> str:
     path = os.path.join(run_dir, "report.md")
     with open(path, "w") as f:
         f.write(text)
-    with open(os.path.join(run_dir, "report.html"), "w") as f:
-        f.write(markdown_to_html(text))
+    with open(os.path.join(run_dir, "report.html"), "w", encoding="utf-8") as f:
+        f.write(markdown_to_html(text, run_dir=run_dir))
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     return path
 
 
-def markdown_to_html(text: str) -> str:
-    """A small renderer for the subset the report uses (headings, bold, tables, images, code blocks)."""
-    body, in_code, in_table = [], False, False
-    for line in text.splitlines():
-        if line.startswith("```"):
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            body.append(html.escape(line))
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-", " "} for c in cells):
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-            else:
-                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("![") and "](" in line:
-            alt, src = line[2:].split("](", 1)
-            body.append(f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}" style="max-width:100%"></p>')
-        elif line.startswith("**") and line.endswith("**"):
-            body.append(f"<p><b>{html.escape(line.strip('*'))}</b></p>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}pre{background:#f4f4f4;padding:8px}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>tfbnas report</title><style>{style}</style>" \
-           f"</head><body>{''.join(body)}</body></html>"
+_STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:4px 8px}pre{background:#f4f4f4;padding:8px;overflow-x:auto}"
+          "code{background:#f4f4f4}img{max-width:100%}")
+
+
+def markdown_to_html(text: str, run_dir: Optional[str] = None) -> str:
+    """A standalone HTML page of the Markdown ``text``; with ``run_dir``, its PNG pictures are embedded."""
+    md = markdown.Markdown(extensions=["tables", "fenced_code"])
+    if run_dir is not None:
+        # after "inline" (priority 20), the processor that turns ![caption](path) into <img> elements
+        md.treeprocessors.register(_EmbedPictures(md, run_dir), "embed_pictures", 5)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tfbnas report</title><style>{_STYLE}</style>"
+            f"</head><body>\n{md.convert(text)}\n</body></html>\n")
+
+
+class _EmbedPictures(Treeprocessor):
+    """Replaces the ``src`` of each ``<img>`` naming a PNG file under the run folder by the file as a data URI."""
+
+    def __init__(self, md: markdown.Markdown, run_dir: str):
+        super().__init__(md)
+        self.run_dir = run_dir
+
+    def run(self, root) -> None:
+        for img in root.iter("img"):
+            uri = _png_data_uri(self.run_dir, img.get("src", ""))
+            if uri:
+                img.set("src", uri)
+
+
+def _png_data_uri(run_dir: str, src: str) -> Optional[str]:
+    """``data:image/png;base64,...`` of the PNG that ``src`` names inside ``run_dir``; None for anything else
+    (a URL, an absolute path, a path leaving the folder, another format, a file that does not exist)."""
+    if urlsplit(src).scheme or os.path.isabs(src) or not src.lower().endswith(".png"):
+        return None
+    root = os.path.realpath(run_dir)
+    path = os.path.realpath(os.path.join(root, src))
+    if os.path.commonpath([root, path]) != root or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
