@@ -58,11 +58,12 @@ def test_resume_after_kill_reproduces_the_uninterrupted_search(smoke_run, tmp_pa
     out = tmp_path / "killed"
     proc = subprocess.Popen(SEARCH + ["--flagfile=configs/smoke.flags", f"--output_dir={out}"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "checkpoints" / "ckpt-1.index"
+    # The manager writes its state file after the checkpoint's files: once it names ckpt-1, epoch 1 is
+    # saved whole (the records are written before it) and the run is in epoch 2.
+    state = out / "checkpoints" / "checkpoint"
     deadline = time.time() + 600
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
+    while not (state.exists() and "ckpt-1" in state.read_text()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # into epoch 2
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
