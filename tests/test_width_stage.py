@@ -23,16 +23,18 @@ def test_budget_threshold_is_the_smallest_that_fits():
         return sum((w * c) ** 2 for w, c in zip(widths, (8, 16, 32)))
 
     full = cost([1.0, 1.0, 1.0])
+    open_gates = cost(cell_widths(scores, 0.0))
     for fraction in (0.9, 0.5, 0.2, 0.05):
         tau, widths, ops = widths_for_budget(scores, fraction * full, cost, log=lambda _: None)
         assert ops == cost(widths) <= fraction * full
         # brute force over every threshold: none smaller than tau fits
-        fitting = [t for t in np.unique(np.concatenate(scores + [np.zeros(1)]))
-                   if t >= 0 and cost(cell_widths(scores, t)) <= fraction * full]
+        fitting = [t for t in np.unique(np.concatenate(scores)) if cost(cell_widths(scores, t)) <= fraction * full]
         assert tau == pytest.approx(min(fitting))
-    # the gates alone (tau = 0) when they already fit
-    tau, widths, _ = widths_for_budget(scores, full, cost, log=lambda _: None)
-    assert tau == 0.0 and widths == cell_widths(scores, 0.0)
+        if fraction * full > open_gates:  # the budget is filled past the open gates with closed-gate channels
+            assert tau < 0 and ops > open_gates
+    # the whole Child when it fits
+    tau, widths, ops = widths_for_budget(scores, full, cost, log=lambda _: None)
+    assert tau == -np.inf and widths == [1.0, 1.0, 1.0] and ops == full
 
 
 def test_cell_widths_keep_one_channel_and_scale_a_base():

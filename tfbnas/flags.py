@@ -72,7 +72,8 @@ def define_width_stage_flags():
                  "per-cell widths within --width_budget; the narrowed Child is trained under its Parent).")
     if "width_budget" not in FLAGS:
         flags.DEFINE_float("width_budget", 0.5, "Width stage: the narrowed Child's OPs as a fraction of the trained "
-                           "Child's, in (0, 1] (1: the gates alone decide).")
+                           "Child's, in (0, 1], filled with the channels of the highest gate scores (1: the whole "
+                           "Child).")
         flags.register_validator("width_budget", lambda v: 0.0 < v <= 1.0,
                                  message="--width_budget must be in (0, 1]: a fraction of the trained Child's OPs")
     _define_once(flags.DEFINE_integer, "width_gate_epochs", 1, "Width stage: epochs of DNAL gate training.",

@@ -92,10 +92,12 @@ def build_report(summary: Dict, run_dir: str) -> str:
     width = summary.get("width")
     if width:
         settings = width.get("settings") or {}
+        tau = width.get("tau")
+        threshold = f"threshold {tau:.3g} on the gate scores" if tau is not None else "the whole Child fits"
         out += ["## Width", "",
                 f"Method `{width.get('method')}`: gates on the trained Child chose per-cell widths within "
-                f"{settings.get('budget', 0):.0%} of its OPs (threshold {width.get('tau', 0):.3g} on the gate "
-                f"scores); the narrowed Child was trained for {width.get('epochs')} epoch(s) under the Parent.", ""]
+                f"{settings.get('budget', 0):.0%} of its OPs ({threshold}); the narrowed Child was trained for "
+                f"{width.get('epochs')} epoch(s) under the Parent.", ""]
         out += _table(["cell", "channels before", "channels after", "width multiplier"],
                       [[c["cell"], c["before"], c["after"], c["multiplier"]] for c in width.get("cells", [])])
 

@@ -10,7 +10,8 @@ After Child training, ``python -m tfbnas.run --width=dnal`` narrows the Child:
    input back and the cell's inputs come through real-valued channel folds, so every conv of a cell
    writes into the same channels: a channel's score is the highest score any gate of the cell gives it,
    and a cell keeps the channels scoring above a threshold ``tau``. :func:`widths_for_budget` bisects
-   ``tau`` to the smallest value whose Child fits ``budget`` x the trained Child's OPs.
+   ``tau`` to the smallest value whose Child fits ``budget`` x the trained Child's OPs: the budget is
+   filled with the best-scored channels, including channels whose gates closed.
 4. The narrowed Child (:func:`tfbnas.models.build_child` with those ``widths``) is trained from scratch
    with the recipe, the trained Parent as its teacher (BCNet's protocol for a found width; the channels a
    cell keeps are not a slice of the trained Child, because its channel folds regroup them), and is
@@ -117,24 +118,22 @@ def cell_widths(scores: Sequence[np.ndarray], tau: float, base: Optional[Sequenc
 
 def widths_for_budget(scores: Sequence[np.ndarray], budget_ops: float, cost: Callable[[List[float]], float],
                       base: Optional[Sequence[float]] = None, log=print) -> Tuple[float, List[float], float]:
-    """The smallest threshold ``tau >= 0`` whose Child costs at most ``budget_ops``.
+    """The smallest threshold ``tau`` whose Child costs at most ``budget_ops``: the budget filled with the
+    channels of the highest gate scores, wherever their gates ended (open or closed).
 
-    OPs fall as ``tau`` rises, so a bisection over the scores above 0 finds it with about
-    ``log2(channels)`` cost evaluations. If even one channel per cell is above the budget, that Child is
-    returned with a note.
+    The narrowed Child is trained from scratch, so only how many channels each cell keeps matters, and
+    the gate scores rank them across cells. Stopping at the open gates (``tau = 0``) instead can leave a
+    cell with one or two channels far under the budget after a short, strongly penalised gate training.
+    OPs fall as ``tau`` rises, so a bisection over the scores finds it with about ``log2(channels)`` cost
+    evaluations. If even one channel per cell is above the budget, that Child is returned with a note.
 
     Returns:
-        ``(tau, widths, OPs)``.
+        ``(tau, widths, OPs)``; ``tau`` is ``-inf`` when the whole Child fits.
     """
     widths = cell_widths(scores, 0.0, base)
-    ops = cost(widths)
-    log(f"width: the closed gates leave {ops / 1e6:.3f} M OPs (budget {budget_ops / 1e6:.3f} M)")
-    if ops <= budget_ops:
-        return 0.0, widths, ops
-    candidates = np.unique(np.concatenate(scores))
-    candidates = candidates[candidates > 0]
-    if not len(candidates):
-        candidates = np.array([0.0])
+    log(f"width: the open gates alone would leave {cost(widths) / 1e6:.3f} M OPs "
+        f"(budget {budget_ops / 1e6:.3f} M)")
+    candidates = np.concatenate([[-np.inf], np.unique(np.concatenate(scores))])
     lo, hi = 0, len(candidates) - 1
     best = (float(candidates[hi]), cell_widths(scores, float(candidates[hi]), base))
     best_ops = cost(best[1])
@@ -262,7 +261,7 @@ def run_width_stage(train_config, stage: WidthStageConfig, genotype, child_path:
                          train_data=train_data, name="child", log=log, verbose=verbose)
     before = _figures(child_path, out_dir, stage.latency_runs)
     after = _figures(os.path.join(out_dir, "child.keras"), out_dir, stage.latency_runs)
-    summary = {"method": stage.method, "settings": dataclasses.asdict(stage), "tau": tau, "widths": widths,
+    summary = {"method": stage.method, "settings": dataclasses.asdict(stage), "tau": tau if np.isfinite(tau) else None, "widths": widths,
                "cells": cells, "ops_before": ops_before, "ops_after": ops_after, "top1_before": top1_before,
                "top1_after": result.metrics["test_top1"],
                "size_bytes_before": before["size_bytes"], "size_bytes_after": after["size_bytes"],
