@@ -15,8 +15,8 @@ Exit codes (the same for ``python -m tfbnas.run``, ``tfbnas.search``, ``tfbnas.t
 ====  =====================================================================================
 0     done
 1     the command line is fine but what it points to is not: a missing dataset, an unwritable
-      or foreign run folder, a malformed genotype, a corrupt checkpoint, a diverged search, a
-      layer LCE cannot binarise, a parity failure
+      or foreign run folder, a malformed genotype, a model file that does not load, a corrupt
+      checkpoint, a diverged search, a layer LCE cannot binarise, a parity failure
 2     the command line is wrong: an unknown flag, a bad value, a missing flagfile, flags that
       do not go together (:class:`ConfigError`)
 130   interrupted (Ctrl-C); the run folder stays resumable with ``--resume``
@@ -85,6 +85,10 @@ class WidthSearchError(TfbnasError, ValueError):
 
 class PruneError(WidthSearchError):
     """A model that DNAL cannot gate or prune as asked; the message names the layer and the fix."""
+
+
+class ModelFileError(TfbnasError):
+    """A model file (``.keras``) that is missing, does not load or does not fit the run; the message says which."""
 
 
 class DeployError(TfbnasError):

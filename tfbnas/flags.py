@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from tfbnas.errors import ConfigError, TfbnasError
+from tfbnas.errors import ConfigError, RunDirError, TfbnasError  # noqa: F401  (ConfigError: importable from here)
 
 FLAGS = flags.FLAGS
 
@@ -145,11 +145,11 @@ def saved_flag_values(resume_dir: str, values: dict, kind: str) -> dict:
     """``values`` updated with the flags a run folder was started with (for ``--resume``).
 
     Raises:
-        ConfigError: the folder has no ``flags.json`` (it is not a ``kind`` run folder).
+        RunDirError: the folder has no ``flags.json`` (it is not a ``kind`` run folder).
     """
     saved = os.path.join(resume_dir, "flags.json")
     if not os.path.exists(saved):
-        raise ConfigError(f"--resume={resume_dir} has no flags.json: it is not a {kind} run folder")
+        raise RunDirError(f"--resume={resume_dir} has no flags.json: it is not a {kind} run folder")
     with open(saved) as f:
         return {**values, **{k: v for k, v in json.load(f).items() if k not in ("resume", "output_dir")}}
 

@@ -14,7 +14,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tfbnas import data, runs
-from tfbnas.errors import SearchDiverged
+from tfbnas.errors import RunDirError, SearchDiverged
 from tfbnas.flags import ConfigError, flag_values, saved_flag_values, write_flags
 from tfbnas.search.callbacks import NanGuard, SearchRecorder, StrategySchedule, truncate_records
 from tfbnas.search.distribute import is_chief, make_distribution
@@ -207,7 +207,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                 manager.checkpoint.restore(manager.latest_checkpoint).expect_partial()
             except Exception as e:  # noqa: BLE001  (truncated files raise IndexError, others OpError/ValueError)
                 detail = (str(e).strip().splitlines() or ["-"])[0]
-                raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}: {detail}): the "
+                raise RunDirError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}: {detail}): the "
                                   "checkpoint is corrupt or from another configuration; delete it to resume from the "
                                   "one before or start a new --output_dir") from None
             initial_epoch = int(engine.epoch.numpy()) + 1
@@ -264,7 +264,7 @@ def main_from_flags(FLAGS):
     else:
         run_dir = runs.make_run_dir(FLAGS.output_dir, "search", FLAGS.dataset)
         if os.path.exists(os.path.join(run_dir, "checkpoints", "checkpoint")):
-            raise ConfigError(f"{run_dir} already holds a search; continue it with --resume={run_dir} or choose "
+            raise RunDirError(f"{run_dir} already holds a search; continue it with --resume={run_dir} or choose "
                               "another --output_dir")
         write_flags(run_dir, values)
     config = SearchConfig.from_flags(values)

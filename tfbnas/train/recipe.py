@@ -36,6 +36,7 @@ import tensorflow as tf
 from absl import flags
 
 from tfbnas import data, runs
+from tfbnas.errors import ModelFileError, RunDirError
 from tfbnas.flags import ConfigError
 from tfbnas.space.genotype import Genotype
 from tfbnas.space.ops import HardTanh
@@ -196,7 +197,7 @@ def _read_search_flags(genotype_path: str):
         with open(path) as f:
             values = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read the search flags {path} ({e}); fix or delete it, or pass the space flags "
+        raise RunDirError(f"cannot read the search flags {path} ({e}); fix or delete it, or pass the space flags "
                           "(--preset, --init_channels, --num_cells, --nodes) explicitly") from None
     return (values if isinstance(values, dict) else {}), path
 
@@ -556,7 +557,7 @@ def run_phase(phase: str, model: tf.keras.Model, teacher: Optional[tf.keras.Mode
         try:
             manager.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         except (tf.errors.OpError, ValueError, AssertionError) as e:
-            raise ConfigError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}): the checkpoint is "
+            raise RunDirError(f"cannot restore {manager.latest_checkpoint} ({type(e).__name__}): the checkpoint is "
                               "corrupt or from another configuration; start a new --output_dir") from None
         initial_epoch = int(state["epoch"].numpy())
         log(f"[{phase}] resumed from {manager.latest_checkpoint} after epoch {initial_epoch}")
@@ -735,16 +736,16 @@ def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
     import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
 
     if not os.path.exists(path):
-        raise ConfigError(f"--parent={path} does not exist; pass a parent.keras written by a training run")
+        raise ModelFileError(f"--parent={path} does not exist; pass a parent.keras written by a training run")
     try:
         parent = tf.keras.models.load_model(path, compile=False)
     except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"--parent={path} is not a loadable Keras model ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]})") from None
+        raise ModelFileError(f"--parent={path} is not a loadable Keras model ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]})") from None
     want_in, want_out = (None, *info.image_shape), (None, info.num_classes)
     if tuple(parent.input_shape) != want_in or tuple(parent.output_shape) != want_out:
-        raise ConfigError(f"--parent={path} maps {parent.input_shape} to {parent.output_shape} but {info.name} needs "
-                          f"{want_in} to {want_out}")
+        raise ModelFileError(f"--parent={path} maps {parent.input_shape} to {parent.output_shape} but {info.name} "
+                             f"needs {want_in} to {want_out}")
     return parent
 
 
@@ -832,7 +833,7 @@ def main_from_flags(FLAGS) -> TrainResult:
         resolved.check()
         run_dir = runs.make_run_dir(FLAGS.output_dir, "train", FLAGS.dataset)
         if os.path.isdir(os.path.join(run_dir, "checkpoints")):
-            raise ConfigError(f"{run_dir} already holds a training run; continue it with --resume={run_dir} or "
+            raise RunDirError(f"{run_dir} already holds a training run; continue it with --resume={run_dir} or "
                               "choose another --output_dir")
         write_flags(run_dir, {**values, **{k: getattr(resolved, k) for k in SPACE_FIELDS + ("widths",)}})
     result = train_child(config, run_dir, resume=resume)
