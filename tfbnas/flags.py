@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from tfbnas.errors import ConfigError, RunDirError, TfbnasError  # noqa: F401  (ConfigError: importable from here)
+from tfbnas.errors import EXIT_USAGE, ConfigError, RunDirError, TfbnasError  # noqa: F401  (ConfigError: re-exported)
 
 FLAGS = flags.FLAGS
 
@@ -109,7 +109,7 @@ def _one_line_parser(argv):
     except flags.Error as e:
         message = str(e).strip().splitlines()[0]
         print(f"{prog}: flag error: {message} (see --helpfull for the list of flags)", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
 
 
 def run(main, prog=None):
