@@ -42,6 +42,7 @@ import larq as lq
 import tensorflow as tf
 
 from tfbnas.errors import CostModelError  # noqa: F401  (importable from here)
+from tfbnas.quantizers import quantizer_bits
 
 __all__ = [
     "BOPS_PER_OP",
@@ -457,27 +458,8 @@ class CostReport:
 
 
 # --------------------------------------------------------------------------------------------
-# Precision detection.
+# Precision detection (what is 1-bit: tfbnas.quantizers).
 # --------------------------------------------------------------------------------------------
-
-# larq's sign functions used directly (not as quantizer objects) carry no `precision`.
-_SIGN_FUNCTIONS = tuple(
-    getattr(lq.quantizers, name)
-    for name in ("ste_sign", "approx_sign", "swish_sign", "ste_heaviside")
-    if hasattr(lq.quantizers, name)
-) + (lq.math.sign,)
-
-
-def _quantizer_bits(quantizer) -> int:
-    """Bits of a quantizer's output: 32 without one, its larq ``precision`` otherwise."""
-    if quantizer is None:
-        return 32
-    precision = getattr(quantizer, "precision", None)
-    if isinstance(precision, int):
-        return precision
-    if any(quantizer is fn for fn in _SIGN_FUNCTIONS):
-        return 1
-    return 32
 
 
 def _kernel_bits(layer) -> int:
@@ -485,7 +467,7 @@ def _kernel_bits(layer) -> int:
     precision = getattr(getattr(layer, "kernel", None), "precision", None)
     if isinstance(precision, int):
         return precision
-    return _quantizer_bits(getattr(layer, "kernel_quantizer", None))
+    return quantizer_bits(getattr(layer, "kernel_quantizer", None))
 
 
 # Layers whose binary form is a binary MAC layer. Depthwise/separable/transposed/locally
@@ -501,7 +483,7 @@ _BINARY_CAPABLE = (
 def _is_binary(layer) -> bool:
     return (
         isinstance(layer, _BINARY_CAPABLE)
-        and _quantizer_bits(getattr(layer, "input_quantizer", None)) == 1
+        and quantizer_bits(getattr(layer, "input_quantizer", None)) == 1
         and _kernel_bits(layer) == 1
     )
 
@@ -585,7 +567,7 @@ def _conv_ops(layer, inputs, outputs) -> OpCount:
 def _real_quant_note(layer) -> str:
     if not isinstance(layer, _BINARY_CAPABLE):
         return ""
-    in_bits = _quantizer_bits(getattr(layer, "input_quantizer", None))
+    in_bits = quantizer_bits(getattr(layer, "input_quantizer", None))
     k_bits = _kernel_bits(layer)
     if k_bits == 1 and in_bits != 1:
         return "binary kernel, real input: FLOPs"

@@ -35,6 +35,8 @@ import tensorflow as tf
 from tfbnas.deploy import DeployError
 from tfbnas.deploy import flatbuffer as fbs
 from tfbnas.deploy import parity as par
+from tfbnas.quantizers import is_sign_quantizer
+from tfbnas.space.ops import LCE_GROUP_CHANNELS, lce_binary
 
 # --target choices → LCE's `target` argument. LCE knows "arm" (generic TFLite; the same flatbuffer runs
 # on aarch64, armv7 and, through LCE's portable kernels, on x86) and "xcore" (XMOS).
@@ -42,8 +44,6 @@ TARGETS = {"arm": "arm", "arm64": "arm", "aarch64": "arm", "armv7": "arm", "aarc
            "x86": "arm", "x86_64": "arm", "xcore": "xcore"}
 # Modules that register tfbnas's custom Keras layers when imported.
 CUSTOM_LAYER_MODULES = ("tfbnas.space", "tfbnas.models")
-
-_SIGN_QUANTIZERS = ("ste_sign", "approx_sign", "swish_sign", "magnitude_aware_sign")
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -122,22 +122,6 @@ def load_keras_model(path: str, custom_modules: Sequence[str] = CUSTOM_LAYER_MOD
 # ------------------------------------------------------------------------------- what LCE can binarise
 
 
-def is_binary_quantizer(quantizer) -> bool:
-    """True for the sign quantizers LCE turns into bit-packing (``ste_sign``, ``approx_sign``, ...).
-
-    ``SteHeaviside`` is 1-bit too but maps to {0, 1}, which LCE does not bit-pack.
-    """
-    if quantizer is None:
-        return False
-    if isinstance(quantizer, str):
-        return quantizer in _SIGN_QUANTIZERS or quantizer in ("SteSign", "ApproxSign", "SwishSign",
-                                                              "MagnitudeAwareSign")
-    if isinstance(quantizer, lq.quantizers.SteHeaviside):
-        return False
-    if getattr(quantizer, "precision", None) == 1 and not isinstance(quantizer, lq.quantizers.NoOp):
-        return True
-    return getattr(quantizer, "__name__", None) in _SIGN_QUANTIZERS
-
 
 @dataclasses.dataclass(frozen=True)
 class BinarizationIssue:
@@ -171,7 +155,7 @@ def _check_layer(layer) -> Tuple[Optional[BinarizationIssue], bool]:
     """``(issue or None, becomes_bconv)`` for one layer."""
     name = layer.name
     if isinstance(layer, lq.layers.QuantSeparableConv2D):
-        if any(is_binary_quantizer(getattr(layer, a, None))
+        if any(is_sign_quantizer(getattr(layer, a, None))
                for a in ("input_quantizer", "depthwise_quantizer", "pointwise_quantizer")):
             return BinarizationIssue(
                 name, "LCE converts QuantSeparableConv2D to a float DEPTHWISE_CONV_2D + float CONV_2D, never binary",
@@ -179,15 +163,15 @@ def _check_layer(layer) -> Tuple[Optional[BinarizationIssue], bool]:
                 "(input_quantizer and kernel_quantizer 'ste_sign')"), False
         return None, False
     if isinstance(layer, lq.layers.QuantDepthwiseConv2D):
-        if any(is_binary_quantizer(getattr(layer, a, None)) for a in ("input_quantizer", "depthwise_quantizer")):
+        if any(is_sign_quantizer(getattr(layer, a, None)) for a in ("input_quantizer", "depthwise_quantizer")):
             return BinarizationIssue(
                 name, "LCE converts QuantDepthwiseConv2D to a float DEPTHWISE_CONV_2D, never binary",
                 "use a real-valued DepthwiseConv2D (drop its quantizers) or a grouped binary QuantConv2D with "
                 "a multiple of 32 input channels per group"), False
         return None, False
     if isinstance(layer, lq.layers.QuantConv2D):
-        binary_in = is_binary_quantizer(layer.input_quantizer)
-        binary_k = is_binary_quantizer(layer.kernel_quantizer)
+        binary_in = is_sign_quantizer(layer.input_quantizer)
+        binary_k = is_sign_quantizer(layer.kernel_quantizer)
         if binary_k and not binary_in:
             return BinarizationIssue(
                 name, "binary kernel but no binary input quantizer: LCE emits a float CONV_2D with ±1 weights",
@@ -202,18 +186,18 @@ def _check_layer(layer) -> Tuple[Optional[BinarizationIssue], bool]:
         groups = int(getattr(layer, "groups", 1) or 1)
         if groups > 1:
             per_group = int(layer.kernel.shape[2]) if layer.built else None
-            if per_group is not None and per_group % 32:
-                cin = per_group * groups
-                suggestion = [g for g in range(groups, 0, -1) if cin % g == 0 and (cin // g) % 32 == 0]
+            if per_group is not None and not lce_binary(per_group * groups, groups):
+                cin, n = per_group * groups, LCE_GROUP_CHANNELS
+                suggestion = [g for g in range(groups, 0, -1) if cin % g == 0 and lce_binary(cin, g)]
                 hint = (f"use groups={suggestion[0]}" if suggestion
-                        else f"use {groups * 32 * ((per_group + 31) // 32)} input channels")
+                        else f"use {groups * n * ((per_group + n - 1) // n)} input channels")
                 return BinarizationIssue(
                     name, f"grouped binary conv with {per_group} input channels per group ({cin} channels, "
                           f"groups={groups}): LCE needs a multiple of 32 per group and falls back to a float CONV_2D",
                     f"{hint} so that every group has a multiple of 32 input channels"), False
         return None, True
     if isinstance(layer, lq.layers.QuantDense):
-        if is_binary_quantizer(layer.input_quantizer) or is_binary_quantizer(layer.kernel_quantizer):
+        if is_sign_quantizer(layer.input_quantizer) or is_sign_quantizer(layer.kernel_quantizer):
             return BinarizationIssue(
                 name, "LCE has no binary fully-connected kernel: a binary QuantDense runs as a float FULLY_CONNECTED",
                 "keep the classifier real-valued (drop its quantizers) or use a binary 1x1 QuantConv2D"), False

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from tfbnas.cost import OpCount, register_layer_cost
 from tfbnas.errors import SpaceError  # noqa: F401  (importable from here)
+from tfbnas.quantizers import HardTanh, is_sign_quantizer
 
 
 # BatchNorm settings shared by both forms (momentum as DARTS: 0.1 in PyTorch terms).
@@ -204,24 +205,6 @@ def lce_binary(channels: int, groups: int) -> bool:
 
 
 # --------------------------------------------------------------------------- activations
-
-
-@tf.keras.utils.register_keras_serializable(package="tfbnas")
-class HardTanh(lq.quantizers.Quantizer):
-    """``clip(x, -1, 1)``: the Parent's real-valued stand-in for the sign quantizer.
-
-    Its gradient equals the straight-through estimator of ``ste_sign``, so the Parent and the
-    1-bit Child train the same latent weights with the same backward pass.
-
-    Example:
-        >>> HardTanh()(tf.constant([-2.0, 0.5])).numpy()
-        array([-1. ,  0.5], dtype=float32)
-    """
-
-    precision = None
-
-    def call(self, inputs):
-        return tf.clip_by_value(inputs, -1.0, 1.0)
 
 
 def _inside_unit(x, dy):
@@ -1288,12 +1271,9 @@ def transfer_weights(search_op: Optional[SearchOp], child_layers: Sequence[tf.ke
 def binary_conv_layers(model: tf.keras.Model) -> List[lq.layers.QuantConv2D]:
     """The ``QuantConv2D`` layers of ``model`` with binary input and kernel quantizers."""
 
-    def is_binary(q):
-        return q is not None and getattr(q, "precision", None) == 1
-
     return [layer for layer in model.layers
             if isinstance(layer, lq.layers.QuantConv2D)
-            and is_binary(layer.input_quantizer) and is_binary(layer.kernel_quantizer)]
+            and is_sign_quantizer(layer.input_quantizer) and is_sign_quantizer(layer.kernel_quantizer)]
 
 
 def layer_classes() -> Dict[str, type]:

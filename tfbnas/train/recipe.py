@@ -39,7 +39,7 @@ from tfbnas import data, runs
 from tfbnas.errors import ModelFileError, RunDirError
 from tfbnas.flags import ConfigError
 from tfbnas.space.genotype import Genotype
-from tfbnas.space.ops import HardTanh
+from tfbnas.quantizers import HardTanh, is_sign_quantizer
 from tfbnas.train.distiller import Distiller
 from tfbnas.train.schedules import SCHEDULES, make_schedule
 
@@ -253,14 +253,6 @@ def resolve_space(config: TrainConfig):
 # ------------------------------------------------------------------------------------ model surgery
 
 
-def _is_binary(quantizer) -> bool:
-    if quantizer is None:
-        return False
-    if getattr(quantizer, "precision", None) == 1:
-        return True
-    return quantizer in (lq.quantizers.ste_sign, lq.math.sign)
-
-
 def _requantize(model: tf.keras.Model, update: Callable[[dict], dict], name: str) -> tf.keras.Model:
     """Clone ``model`` with ``update`` applied to the config of every Larq quantized conv/dense
     layer whose input and kernel quantizers are binary, and copy the weights."""
@@ -268,8 +260,8 @@ def _requantize(model: tf.keras.Model, update: Callable[[dict], dict], name: str
     def clone(layer):
         config = layer.get_config()
         if "input_quantizer" in config and "kernel_quantizer" in config and \
-                _is_binary(getattr(layer, "input_quantizer", None)) and \
-                _is_binary(getattr(layer, "kernel_quantizer", None)):
+                is_sign_quantizer(getattr(layer, "input_quantizer", None)) and \
+                is_sign_quantizer(getattr(layer, "kernel_quantizer", None)):
             config = update(dict(config))
         return layer.__class__.from_config(config)
 
