@@ -27,9 +27,11 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from tfbnas import flags as tflags
+from tfbnas.errors import ConfigError
 from tfbnas.width.channel_bench import GRID, LAYER_NAMES, ChannelBenchMacro, macro_flops
 from tfbnas.width.evolution import WidthSpace, run_width_search
 
@@ -105,7 +107,7 @@ def main(argv):
     del argv
     unknown = [m for m in FLAGS.methods if m not in METHODS] + [e for e in FLAGS.evaluator if e not in EVALUATORS]
     if unknown:
-        raise app.UsageError(f"unknown method or evaluator {unknown}; methods {METHODS}, evaluators {EVALUATORS}")
+        raise ConfigError(f"unknown method or evaluator {unknown}; methods {METHODS}, evaluators {EVALUATORS}")
     bench = ChannelBenchMacro(FLAGS.table)
     budget = (FLAGS.budget_fraction * macro_flops((1.0,) * 7)) if FLAGS.budget_fraction else bench.median_flops()
     feasible = bench.count(budget)
@@ -140,4 +142,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    tflags.run(main, prog="width_search.py")

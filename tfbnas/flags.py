@@ -13,6 +13,7 @@ import sys
 from absl import app, flags
 
 from tfbnas.errors import EXIT_USAGE, ConfigError, RunDirError, TfbnasError  # noqa: F401  (ConfigError: re-exported)
+from tfbnas.runs import write_json
 
 FLAGS = flags.FLAGS
 
@@ -157,8 +158,7 @@ def saved_flag_values(resume_dir: str, values: dict, kind: str) -> dict:
 def write_flags(run_dir: str, values: dict):
     """Writes ``flags.txt`` (a reusable flagfile) and ``flags.json`` into the run folder."""
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "flags.json"), "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True, default=str)
+    write_json(os.path.join(run_dir, "flags.json"), values, sort_keys=True)
     with open(os.path.join(run_dir, "flags.txt"), "w") as f:
         for name, value in sorted(values.items()):
             if value is None:

@@ -21,7 +21,7 @@ Layer names: ``stem_conv``, ``stem_bn``, ``cell{i}_pre0_*``, ``cell{i}_pre1_*``,
 """
 
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import larq as lq
 import numpy as np
@@ -179,6 +179,33 @@ def build_parent(genotype: Union[Genotype, dict, str], **kwargs) -> tf.keras.Mod
     return build_child(genotype, **kwargs)
 
 
+def clone_layers(model: tf.keras.Model, rebuild: Callable[[tf.keras.layers.Layer, dict], Optional[tf.keras.layers.Layer]],
+                 name: Optional[str] = None) -> tf.keras.Model:
+    """``model`` cloned layer by layer with some layers rebuilt, holding ``model``'s weights.
+
+    The one clone-and-copy helper behind every model twin (the deploy float twin, the converter's native
+    convs, the recipe's real twin and stage-1 model): ``rebuild(layer, config)`` gets each layer and a copy
+    of its config and returns the new layer, or None to keep the layer as it is (rebuilt from its own
+    config). The rebuilt layers must keep the weight shapes.
+
+    Example:
+        >>> def no_quantizers(layer, config):
+        ...     keys = [k for k in config if k.endswith("_quantizer")]
+        ...     return layer.__class__.from_config({**config, **dict.fromkeys(keys)}) if keys else None
+        >>> twin = clone_layers(child, no_quantizers, name="child_float")
+    """
+
+    def clone(layer):
+        new = rebuild(layer, dict(layer.get_config()))
+        return new if new is not None else layer.__class__.from_config(layer.get_config())
+
+    copy = tf.keras.models.clone_model(model, clone_function=clone)
+    if name is not None:
+        copy = tf.keras.Model(copy.inputs, copy.outputs, name=name)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def custom_objects() -> Dict[str, type]:
     """Every tfbnas layer (by class name and registered name) plus Larq's ``QuantConv2D``.
 
@@ -195,4 +222,4 @@ def custom_objects() -> Dict[str, type]:
     return objects
 
 
-__all__ = ["build_child", "build_parent", "child_cell", "custom_objects"]
+__all__ = ["build_child", "build_parent", "child_cell", "clone_layers", "custom_objects"]

@@ -10,13 +10,14 @@ copied. A picture that is not there stays an ordinary relative link.
 """
 
 import base64
-import json
 import os
 from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 import markdown
 from markdown.treeprocessors import Treeprocessor
+
+from tfbnas.runs import write_json
 
 
 def _fmt(value, digits=4):
@@ -164,8 +165,7 @@ def write_report(summary: Dict, run_dir: str) -> str:
         f.write(text)
     with open(os.path.join(run_dir, "report.html"), "w", encoding="utf-8") as f:
         f.write(markdown_to_html(text, run_dir=run_dir))
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
     return path
 
 

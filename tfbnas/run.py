@@ -31,6 +31,7 @@ import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfbnas import data, flags as tflags, runs
 from tfbnas.errors import EXIT_INTERRUPTED
 from tfbnas.report import write_report
+from tfbnas.runs import write_json
 
 FLAGS = flags.FLAGS
 tflags.define_all()
@@ -47,8 +48,7 @@ def _load_summary(run_dir):
 
 
 def _save_summary(run_dir, summary):
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
 
 
 def _finished(stage: str, path: str):

@@ -1,10 +1,86 @@
 """Run folders: one per run, holding everything a user needs afterwards."""
 
+import csv
 import datetime
+import json
+import numbers
 import os
 import time
 
+from typing import Dict, List, Optional, Sequence
+
 from tfbnas.errors import RunDirError  # noqa: F401  (importable from here)
+
+
+def _jsonable(value):
+    """JSON for what a record may hold besides plain Python: numpy scalars and arrays, anything else as text."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path: str, value, sort_keys: bool = False):
+    """Writes ``value`` as indented JSON atomically (a temporary file renamed over ``path``), so an
+    interrupted run never leaves a half-written record behind for ``--resume`` to trip over.
+
+    Numpy scalars become numbers and arrays lists; any other object is written as its text.
+
+    Example:
+        >>> write_json("runs/r1/summary.json", {"top1": np.float32(0.85)})   # {"top1": 0.85}
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=sort_keys, default=_jsonable)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_rows(path: str) -> List[Dict[str, str]]:
+    """The rows of a CSV record as dicts of strings (empty when the file does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: str, rows: Sequence[dict], fields: Optional[Sequence[str]] = None):
+    """Writes a CSV record atomically: one column per field (``fields``, or every key in the order first
+    seen), an empty cell where a row lacks a field; keys outside ``fields`` are left out."""
+    if fields is None:
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields), restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def append_rows(path: str, rows: Sequence[dict], fields: Optional[Sequence[str]] = None):
+    """Adds rows to a CSV record. Without ``fields`` the columns grow: a key seen for the first time (e.g.
+    the architecture terms after a weight-only warm-up epoch) becomes a new last column and earlier rows
+    get an empty cell in it.
+
+    Example:
+        >>> append_rows("h.csv", [{"epoch": 1, "loss": 1.0}])
+        >>> append_rows("h.csv", [{"epoch": 2, "loss": 0.5, "arch_ce": 0.7}])   # epoch,loss,arch_ce
+    """
+    old = read_rows(path)
+    if fields is None:
+        header = list(old[0]) if old else []
+        fields = header + [k for k in dict.fromkeys(k for row in rows for k in row) if k not in header]
+    write_rows(path, old + list(rows), fields)
 
 
 def make_run_dir(output_dir, kind: str, dataset: str = "") -> str:

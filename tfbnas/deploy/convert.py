@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from tfbnas.deploy import flatbuffer as fbs
 from tfbnas.deploy import parity as par
 from tfbnas.quantizers import is_sign_quantizer
 from tfbnas.space.ops import LCE_GROUP_CHANNELS, lce_binary
+from tfbnas.runs import write_json
 
 # --target choices → LCE's `target` argument. LCE knows "arm" (generic TFLite; the same flatbuffer runs
 # on aarch64, armv7 and, through LCE's portable kernels, on x86) and "xcore" (XMOS).
@@ -244,16 +244,14 @@ def float_twin(model) -> tf.keras.Model:
     Raises:
         DeployError: the model cannot be cloned (e.g. a subclassed model).
     """
-    def strip(layer):
-        config = layer.get_config()
-        for key in list(config):
-            if key.endswith("_quantizer"):
-                config[key] = None
-        return layer.__class__.from_config(config)
+    from tfbnas.models import clone_layers
+
+    def strip(layer, config):
+        keys = [k for k in config if k.endswith("_quantizer")]
+        return layer.__class__.from_config({**config, **dict.fromkeys(keys)}) if keys else None
 
     try:
-        twin = tf.keras.models.clone_model(model, clone_function=strip)
-        twin.set_weights(model.get_weights())
+        twin = clone_layers(model, strip)
     except Exception as e:
         raise DeployError(f"cannot build a float twin of '{model.name}': {str(e).splitlines()[0]}; "
                           "pass --float_model=<the real-valued Parent>") from None
@@ -303,22 +301,19 @@ def with_native_convs(model):
     share an input). Models without such layers, and models that cannot be cloned (subclassed), are
     returned unchanged.
     """
+    from tfbnas.models import clone_layers
     from tfbnas.space.ops import NativeQuantConv2D
 
     if not any(_needs_native_conv(layer) for layer in _all_layers(model)):
         return model
 
-    def clone(layer):
-        if _needs_native_conv(layer):
-            return NativeQuantConv2D.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+    def native(layer, config):
+        return NativeQuantConv2D.from_config(config) if _needs_native_conv(layer) else None
 
     try:
-        clone_model = tf.keras.models.clone_model(model, clone_function=clone)
+        return clone_layers(model, native)
     except Exception:  # noqa: BLE001  (unclonable model: convert it as it is; the LceBconv2d count still checks it)
         return model
-    clone_model.set_weights(model.get_weights())
-    return clone_model
 
 
 def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
@@ -655,8 +650,7 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
     else:
         notes.append("parity check skipped (parity_examples=0)")
     report["notes"] = notes
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=2, default=str)
+    write_json(stem + ".json", report)
     with open(stem + ".md", "w") as f:
         f.write(markdown_report(report))
     if failure is not None:

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tfbnas import runs
 from tfbnas.space.genotype import count_param_free
 
 
@@ -127,52 +128,27 @@ def format_cell(edges):
 
 
 def write_alpha_rows(path, epoch, probs, op_names):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if new:
-            writer.writerow(["epoch", "cell", "edge"] + list(op_names))
-        for cell, table in probs.items():
-            for edge, row in enumerate(table):
-                writer.writerow([epoch + 1, cell, edge] + [f"{p:.6f}" for p in row])
+    """Appends one row per (cell type, edge) of an epoch's softmax weights to ``alphas.csv``."""
+    rows = [{"epoch": epoch + 1, "cell": cell, "edge": edge, **{op: f"{p:.6f}" for op, p in zip(op_names, row)}}
+            for cell, table in probs.items() for edge, row in enumerate(table)]
+    runs.append_rows(path, rows, ["epoch", "cell", "edge"] + list(op_names))
 
 
 def append_history(path, epoch, logs):
     """Appends one epoch row; a key seen for the first time (e.g. architecture terms after a
     weight-only warm-up) adds a column, earlier rows get an empty cell."""
     keys = sorted(k for k, v in logs.items() if np.isscalar(v))
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = list(csv.reader(f))
-    if rows:
-        header = [k for k in rows[0] if k != "epoch"]
-        added = [k for k in keys if k not in header]
-        if added:
-            keys = header + added
-            rows = [["epoch"] + keys] + [r + [""] * len(added) for r in rows[1:]]
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(rows)
-        else:
-            keys = header
-    with open(path, "a", newline="") as f:
-        writer = csv.writer(f)
-        if not rows:
-            writer.writerow(["epoch"] + keys)
-        writer.writerow([epoch + 1] + [logs.get(k, "") for k in keys])
+    runs.append_rows(path, [{"epoch": epoch + 1, **{k: logs[k] for k in keys}}])
 
 
 def truncate_records(run_dir, epochs_done):
     """Drops CSV rows of epochs after ``epochs_done`` (a resumed run rewrites them)."""
     for name in ("alphas.csv", "search_history.csv"):
         path = os.path.join(run_dir, name)
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
+        rows = runs.read_rows(path)
+        kept = [r for r in rows if int(r["epoch"]) <= epochs_done]
+        if len(kept) != len(rows):
+            runs.write_rows(path, kept, list(rows[0]))
 
 
 def plot_alpha_history(csv_path, png_path):

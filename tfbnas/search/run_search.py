@@ -5,7 +5,6 @@ handling, ``--resume`` and the one-line errors of ``python -m tfbnas.search``.
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
 from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
 from tfbnas.space.supernet import SuperNet
+from tfbnas.runs import write_json
 
 
 @dataclasses.dataclass
@@ -250,8 +250,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
                "seconds": time.time() - start, "replicas": replicas,
                "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}
-    with open(os.path.join(run_dir, "search_summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(run_dir, "search_summary.json"), summary)
     return SearchResult(genotype, run_dir, config.search_epochs, time.time() - start, summary)
 
 

@@ -22,7 +22,6 @@ killed at any point continues with ``--resume=RUN`` and, because the data stream
 ``(seed, epoch, step)`` and ops are deterministic, ends with the same weights as an uninterrupted run.
 """
 
-import csv
 import dataclasses
 import json
 import os
@@ -42,6 +41,7 @@ from tfbnas.space.genotype import Genotype
 from tfbnas.quantizers import HardTanh, is_sign_quantizer
 from tfbnas.train.distiller import Distiller
 from tfbnas.train.schedules import SCHEDULES, make_schedule
+from tfbnas.runs import read_rows, write_json, write_rows
 
 PHASES = ("parent", "stage1", "child")
 STAGE1_MODES = ("activations", "weights")
@@ -256,19 +256,16 @@ def resolve_space(config: TrainConfig):
 def _requantize(model: tf.keras.Model, update: Callable[[dict], dict], name: str) -> tf.keras.Model:
     """Clone ``model`` with ``update`` applied to the config of every Larq quantized conv/dense
     layer whose input and kernel quantizers are binary, and copy the weights."""
+    from tfbnas.models import clone_layers
 
-    def clone(layer):
-        config = layer.get_config()
+    def rebuild(layer, config):
         if "input_quantizer" in config and "kernel_quantizer" in config and \
                 is_sign_quantizer(getattr(layer, "input_quantizer", None)) and \
                 is_sign_quantizer(getattr(layer, "kernel_quantizer", None)):
-            config = update(dict(config))
-        return layer.__class__.from_config(config)
+            return layer.__class__.from_config(update(config))
+        return None
 
-    clone_ = tf.keras.models.clone_model(model, clone_function=clone)
-    twin = tf.keras.Model(clone_.inputs, clone_.outputs, name=name)
-    twin.set_weights(model.get_weights())
-    return twin
+    return clone_layers(model, rebuild, name=name)
 
 
 def stage1_model(model: tf.keras.Model, binary: str = "activations") -> tf.keras.Model:
@@ -430,27 +427,6 @@ def _ce():
     return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _write_json(path, value):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=float)
-    os.replace(tmp, path)
-
-
-def _read_history(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_history(path, rows):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 class PhaseRecorder(tf.keras.callbacks.Callback):
     """End of every epoch: history row, best weights (by ``val_accuracy``), then the checkpoint.
 
@@ -489,8 +465,8 @@ class PhaseRecorder(tf.keras.callbacks.Callback):
             self.state["best_epoch"].assign(epoch + 1)
             self.net.save_weights(self.best_path)
             note = " (best so far)"
-        rows = _read_history(self.history_path) + [row]
-        _write_history(self.history_path, rows)
+        rows = read_rows(self.history_path) + [row]
+        write_rows(self.history_path, rows, HISTORY_FIELDS)
         self.state["epoch"].assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         if val is not None:
@@ -500,11 +476,11 @@ class PhaseRecorder(tf.keras.callbacks.Callback):
 
 def _truncate_history(path, phase, epochs_done, drop_later):
     """Drops rows a resumed phase will write again (and, if it trains again, rows of later phases)."""
-    rows = _read_history(path)
+    rows = read_rows(path)
     later = PHASES[PHASES.index(phase) + 1:] if drop_later else ()
     kept = [r for r in rows if r["phase"] not in later and not (r["phase"] == phase and int(r["epoch"]) > epochs_done)]
     if len(kept) != len(rows):
-        _write_history(path, kept)
+        write_rows(path, kept, HISTORY_FIELDS)
 
 
 def _fit_verbose(verbose):
@@ -584,7 +560,7 @@ def plot_history(history_path: str, png_path: str):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = _read_history(history_path)
+    rows = read_rows(history_path)
     fig = Figure(figsize=(11, 4))
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -700,7 +676,7 @@ def train_model(model: tf.keras.Model, parent: Optional[tf.keras.Model] = None, 
     metrics["cost"] = write_model_reports(model, run_dir)
     plot_history(os.path.join(run_dir, "history.csv"), os.path.join(run_dir, "curves.png"))
     metrics["seconds"] = {**seconds, "total": round(time.time() - start, 1)}
-    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    write_json(os.path.join(run_dir, "metrics.json"), metrics)
     log(f"{name} test top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f} ({metrics['selection']})")
     return TrainResult(model, parent, metrics, run_dir)
 
@@ -790,7 +766,7 @@ def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=pri
         parent = build_parent(genotype, **kwargs)
     genotype.save(os.path.join(run_dir, "genotype.json"))
     if not (resume and os.path.exists(os.path.join(run_dir, "space.json"))):
-        _write_json(os.path.join(run_dir, "space.json"),
+        write_json(os.path.join(run_dir, "space.json"),
                     {k: {"value": getattr(config, k), "from": sources[k]} for k in SPACE_FIELDS})
     log(f"Child: {genotype.preset} genotype, {config.num_cells} cells, C={config.init_channels}, nodes "
         f"{config.nodes}{', widths ' + ','.join(f'{w:g}' for w in config.widths) if config.widths else ''}; "

@@ -19,14 +19,13 @@ Every run folder gets ``widths.json`` (widths before/after per layer and the run
 for BCNet, the keras-tuner project (``search/``) that a rerun with the same ``--output_dir`` resumes.
 """
 
-import json
 import os
 
-import numpy as np
 from absl import flags
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfbnas import data, flags as tflags, runs
+from tfbnas.runs import write_json
 
 FLAGS = flags.FLAGS
 tflags.define_data_flags()
@@ -84,20 +83,14 @@ _EVOLUTION_FLAGS = ("population_size", "initial_population")
 def _arrays():
     (x, y), (xt, yt) = data.load_arrays(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
     info = data.KNOWN_DATASETS.get(FLAGS.dataset) or data.dataset_info(FLAGS.dataset, FLAGS.data_dir)
-    rng = np.random.RandomState(FLAGS.seed)
-    if FLAGS.train_examples and FLAGS.train_examples < len(x):
-        idx = rng.permutation(len(x))[:FLAGS.train_examples]
-        x, y = x[idx], y[idx]
-    if FLAGS.test_examples and FLAGS.test_examples < len(xt):
-        idx = rng.permutation(len(xt))[:FLAGS.test_examples]
-        xt, yt = xt[idx], yt[idx]
+    x, y = data.subset(x, y, FLAGS.train_examples, FLAGS.seed)  # the same subsets as make_splits draws
+    xt, yt = data.subset(xt, yt, FLAGS.test_examples, FLAGS.seed + 1)
     return (data.normalize_numpy(x, info), y), (data.normalize_numpy(xt, info), yt), info
 
 
 def _write(run_dir, summary, rows, model, title):
     summary["widths"] = rows
-    with open(os.path.join(run_dir, "widths.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    write_json(os.path.join(run_dir, "widths.json"), summary)
     lines = [f"# {title}", "", "| layer | type | before | after |", "| --- | --- | ---: | ---: |"]
     lines += [f"| {r['layer']} | {r['type']} | {r['before']} | {r['after']} |" for r in rows]
     total_b, total_a = sum(r["before"] for r in rows), sum(r["after"] for r in rows)

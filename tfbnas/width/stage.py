@@ -29,7 +29,6 @@ Example:
 """
 
 import dataclasses
-import json
 import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfbnas.width import WidthSearchError, dnal
+from tfbnas.runs import write_json
 
 #: Width methods of the main job (``--width``).
 METHODS = ("none", "dnal")
@@ -181,8 +181,7 @@ def summary_line(summary: dict) -> str:
 
 
 def _write_tables(out_dir: str, summary: dict):
-    with open(os.path.join(out_dir, "widths.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    write_json(os.path.join(out_dir, "widths.json"), summary)
     lines = ["# Channels per cell (DNAL gates, OPs budget)", "", "| cell | before | after | width multiplier |",
              "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['cell']} | {r['before']} | {r['after']} | {r['multiplier']:.3f} |" for r in summary["cells"]]
