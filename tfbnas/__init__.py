@@ -41,7 +41,8 @@ def _check_keras_2():
 
 _check_keras_2()
 
-# Every Keras layer and schedule a saved Child, Parent or supernet uses is registered on import, so that
-# ``import tfbnas; tf.keras.models.load_model("RUN/train/child.keras")`` is all a user needs.
+# Every Keras layer and schedule a saved Child, Parent, supernet or width model uses is registered on import,
+# so that ``import tfbnas; tf.keras.models.load_model("RUN/train/child.keras")`` is all a user needs.
 from tfbnas import models as _models  # noqa: E402,F401
 from tfbnas.train import distiller as _distiller, schedules as _schedules  # noqa: E402,F401
+from tfbnas.width import bcnet as _bcnet, gates as _gates  # noqa: E402,F401

@@ -20,8 +20,10 @@ Layer names: ``stem_conv``, ``stem_bn``, ``cell{i}_pre0_*``, ``cell{i}_pre1_*``,
 ``global_pool``, ``classifier``.
 """
 
+import json
 import os
-from typing import Callable, Dict, Optional, Sequence, Union
+import zipfile
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import larq as lq
 import numpy as np
@@ -206,6 +208,35 @@ def clone_layers(model: tf.keras.Model, rebuild: Callable[[tf.keras.layers.Layer
     return copy
 
 
+def unregistered_layers(path: str) -> List[Tuple[str, str]]:
+    """``(registered name, module)`` of every custom object a saved ``.keras`` file uses that this process has
+    not registered (e.g. ``("mine>Twice", "my_layers")``): what Keras's own error (``'str' object is not
+    callable``) does not say. Empty for other formats and for files whose objects are all known.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: List[Tuple[str, str]] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            name = node.get("registered_name")
+            if isinstance(name, str) and ">" in name and tf.keras.utils.get_registered_object(name) is None:
+                entry = (name, str(node.get("module") or ""))
+                if entry not in found:
+                    found.append(entry)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
 def custom_objects() -> Dict[str, type]:
     """Every tfbnas layer (by class name and registered name) plus Larq's ``QuantConv2D``.
 
@@ -222,4 +253,4 @@ def custom_objects() -> Dict[str, type]:
     return objects
 
 
-__all__ = ["build_child", "build_parent", "child_cell", "clone_layers", "custom_objects"]
+__all__ = ["build_child", "build_parent", "child_cell", "clone_layers", "custom_objects", "unregistered_layers"]

@@ -108,7 +108,14 @@ def load_keras_model(path: str, custom_modules: Sequence[str] = CUSTOM_LAYER_MOD
             warnings.simplefilter("ignore")
             model = tf.keras.models.load_model(path, compile=False)
     except Exception as e:
+        from tfbnas.models import unregistered_layers
+
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        missing = unregistered_layers(path)
+        if missing:
+            modules = ",".join(dict.fromkeys(m for _, m in missing if m)) or "my.module"
+            raise DeployError(f"{path} uses {', '.join(n for n, _ in missing)}, not registered in this process; "
+                              f"import the module that defines it (--custom_modules={modules})") from None
         if "Unknown" in message or "locate" in message or "custom" in message.lower():
             broken = "; ".join(f"{k} failed to import ({v})" for k, v in failures.items())
             raise DeployError(f"{path} uses a layer that is not registered ({message}); import the module that "

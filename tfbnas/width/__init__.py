@@ -19,10 +19,21 @@ from tfbnas.errors import WidthSearchError  # noqa: F401  (importable from here)
 from tfbnas.width.channel_bench import ChannelBenchMacro, macro_cost, macro_flops
 from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, finetune, insert_gates, prune,
                                train_gates, train_weights)
-from tfbnas.width.evolution import (EvolutionWidthOracle, RandomWidthOracle, WidthSpace, WidthTuner,
-                                    run_width_search)
-from tfbnas.width.surrogate import AdditiveSurrogate, SurrogateWidthOracle
 from tfbnas.width.bcnet import BCNetSupernet, build_macro_model
+
+# The keras-tuner searches load on first use: keras-tuner imports Keras 3, which a process that only loads
+# or prunes models does not need (``import tfbnas`` registers the width layers through this package).
+_LAZY = {"EvolutionWidthOracle": "evolution", "RandomWidthOracle": "evolution", "WidthSpace": "evolution",
+         "WidthTuner": "evolution", "run_width_search": "evolution", "AdditiveSurrogate": "surrogate",
+         "SurrogateWidthOracle": "surrogate"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"tfbnas.width.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'tfbnas.width' has no attribute {name!r}")
 
 __all__ = [
     "AdditiveSurrogate",

@@ -143,6 +143,7 @@ def _slice(var, axis: int, start, size):
     return tf.slice(var, begin, sizes)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class _SlimConv(tf.keras.layers.Layer):
     """A conv whose input/output channels are ranges of one full kernel."""
 
@@ -168,6 +169,7 @@ class _SlimConv(tf.keras.layers.Layer):
                 "strides": self.strides, "binary": self.binary}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class _SlimDepthwise(tf.keras.layers.Layer):
     def __init__(self, channels, strides=1, **kwargs):
         super().__init__(**kwargs)
@@ -182,6 +184,7 @@ class _SlimDepthwise(tf.keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels, "strides": self.strides}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class _SlimBatchNorm(tf.keras.layers.Layer):
     """BatchNorm on a channel range of full-width scale and offset.
 
@@ -205,6 +208,7 @@ class _SlimBatchNorm(tf.keras.layers.Layer):
         return {**super().get_config(), "channels": self.channels}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class _SlimDense(tf.keras.layers.Layer):
     def __init__(self, cin, units, **kwargs):
         super().__init__(**kwargs)
@@ -222,6 +226,7 @@ class _SlimDense(tf.keras.layers.Layer):
 # ---------------------------------------------------------------------------- the supernet
 
 
+@tf.keras.utils.register_keras_serializable(package="tfbnas")
 class BCNetSupernet(tf.keras.Model):
     """Bilaterally coupled supernet of the macro MobileNet space (see the module docstring).
 
