@@ -1,11 +1,9 @@
 """BCNet supernet: bilateral slicing, complementary training, scoring without training (one- or two-sided,
 with per-width BatchNorm recalibration), extraction, training from scratch, LCE."""
 
+import larq_compute_engine as lce
 import numpy as np
 import pytest
-
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
-import larq_compute_engine as lce
 import tensorflow as tf
 
 from tfbnas.cost import model_cost

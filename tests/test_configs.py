@@ -6,7 +6,6 @@ import os
 import pytest
 from absl import flags
 
-import tfbnas  # noqa: F401
 from tfbnas import data, flags as tflags
 from tfbnas.models import build_child
 from tfbnas.search.run_search import SearchConfig

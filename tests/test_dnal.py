@@ -2,12 +2,10 @@
 
 import importlib.util
 
-import numpy as np
-import pytest
-
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
 import larq as lq
 import larq_compute_engine as lce
+import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfbnas.data import KNOWN_DATASETS, load_arrays, normalize_numpy

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
 from tfbnas.width import WidthSearchError
 from tfbnas.width.channel_bench import (CHANNEL_BENCH_ENV, GRID, LAYER_NAMES, ChannelBenchMacro, default_table_path,
                                         macro_flops, macro_params)

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
 from tfbnas.width.channel_bench import MAX_WIDTHS, macro_channels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
