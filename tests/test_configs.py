@@ -42,7 +42,12 @@ def test_the_shipped_configs_are_found():
                                                      "smoke.flags"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+# the two largest Childs take ~10 and ~20 s to build on 2 cores
+LARGE = {"cifar.flags", "imagenet.flags"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=os.path.basename(p), marks=[pytest.mark.slow] *
+                                               (os.path.basename(p) in LARGE)) for p in CONFIGS])
 def test_config_parses_and_builds_its_child(parsed, path):
     values = parsed(path)
     search = SearchConfig.from_flags(values)

@@ -98,9 +98,15 @@ def assert_close(a, b, what, tolerance=2e-4):
     np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * scale, err_msg=what)
 
 
-@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", "lce"), ("bats", 2), ("bireal", "lce")],
-                         ids=["dcp", "bats", "bats-grouped", "bireal"])
-@pytest.mark.parametrize("binary", [True, False], ids=["child", "parent"])
+PRESETS_OF_CASES = {"dcp": ("dcp", "lce"), "bats": ("bats", "lce"), "bats-grouped": ("bats", 2),
+                    "bireal": ("bireal", "lce")}
+# over ~15 s on 2 cores (a bats Child's gradients alone take ~40 s); the fast tier keeps one case of each preset
+SLOW_CASES = {"child-bats", "child-bats-grouped", "child-bireal", "parent-dcp"}
+
+
+@pytest.mark.parametrize("preset, group_policy, binary", [
+    pytest.param(*case, binary, id=f"{mode}-{name}", marks=[pytest.mark.slow] * (f"{mode}-{name}" in SLOW_CASES))
+    for binary, mode in ((True, "child"), (False, "parent")) for name, case in PRESETS_OF_CASES.items()])
 def test_fused_equals_plain(preset, group_policy, binary):
     fused, plain, pairs = build_pair(preset, group_policy)
     assert covered_fraction(fused, pairs) == 1.0
