@@ -2,6 +2,7 @@
 OPs-matched random genotype and the hand-designed ResNet trained with one proxy recipe; the SUMMARY
 line, the results files, a resumed call that trains nothing, and a one-line error for a changed config."""
 
+import importlib
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO
+from tfbnas.errors import ConfigError
+
 SCRIPT = [sys.executable, os.path.join(REPO, "benchmarks", "search_quality.py")]
 # The smoke search (DCP) for one step with one node per cell; the recipe: 1 epoch on 128 images, labels only
 # (--distill_alpha=0 skips the Parent phase to keep the test near 3 minutes on 2 cores).
@@ -24,7 +27,7 @@ SUMMARY = re.compile(r"^SUMMARY search-quality: searched mean 0\.\d{4} min 0\.\d
 TRAINING = re.compile(r"^\[\d+/\d+\] training ", re.M)
 
 
-def run(args, timeout=900):
+def run(args, timeout=1800):
     return subprocess.run(SCRIPT + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -41,6 +44,7 @@ def first(tmp_path_factory):
     return results, result
 
 
+@pytest.mark.slow
 def test_full_comparison_at_tiny_size(first):
     results, result = first
     assert SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
@@ -63,6 +67,7 @@ def test_full_comparison_at_tiny_size(first):
     assert "| searched | 1 |" in markdown and "verdict: " in markdown
 
 
+@pytest.mark.slow
 def test_second_call_trains_nothing(first):
     results, result = first
     before = rows(results)
@@ -74,6 +79,7 @@ def test_second_call_trains_nothing(first):
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_changed_config_on_resume_is_one_line_exit_2(first):
     results, _ = first
     changed = run(TINY + ["--random_seed=7", f"--results_dir={results}"])
@@ -89,10 +95,11 @@ ABLATION_SUMMARY = re.compile(r"^SUMMARY dcp-ablation: reference 0\.\d{4}; retra
                               r"nodcp_tangent 0\.\d{4} \([+-]0\.\d{4}\); random mean 0\.\d{4}$")
 
 
-def ablate(args, timeout=900):
+def ablate(args, timeout=1800):
     return subprocess.run(ABLATION + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_ablation_searches_each_variant_with_the_reference_recipe(first, tmp_path):
     results, _ = first
     args = [f"--reference={results}", "--variants=retrain,nodcp_tangent", f"--ablation_dir={tmp_path}"]
@@ -114,17 +121,21 @@ def test_ablation_searches_each_variant_with_the_reference_recipe(first, tmp_pat
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, message", [
     ("dcp_tangnet", "'dcp_tangnet' names no tfbnas flag"),
     ("strategy", "'strategy' needs a value, e.g. strategy=dcp"),
     ("strategy=greedy", "'strategy=greedy': value should be one of"),
 ])
-def test_ablation_bad_variant_is_one_line_exit_2(first, tmp_path, variant, message):
+def test_ablation_bad_variant_fails_before_writing(first, tmp_path, variant, message, parse_flags):
+    # the benchmark's main in this process (test_ablation_needs_a_search_quality_reference runs the program:
+    # the error as its last stderr line, exit 2)
+    ablation = _benchmark_module("dcp_ablation")
     results, _ = first
-    result = ablate([f"--reference={results}", f"--variants={variant}", f"--ablation_dir={tmp_path}"], timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("dcp_ablation.py: error: --variants: ") and message in last, last
+    parse_flags(f"--reference={results}", f"--variants={variant}", f"--ablation_dir={tmp_path}")
+    with pytest.raises(ConfigError) as error:
+        ablation.main([])
+    assert error.value.exit_code == 2 and str(error.value).startswith("--variants: ") and message in str(error.value)
     assert not (tmp_path / "config.json").exists()
 
 
@@ -135,15 +146,13 @@ def test_ablation_needs_a_search_quality_reference(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _benchmark_module():
-    """The benchmark as the module ``search_quality``: the name other benchmarks import it by, so a second
-    import in the same test process finds it in ``sys.modules`` instead of defining its flags twice."""
+def _benchmark_module(name="search_quality"):
+    """A benchmark as the module ``name`` (``search_quality``: the name other benchmarks import it by, so a
+    second import in the same test process finds it in ``sys.modules`` instead of defining its flags twice)."""
     benchmarks = os.path.join(REPO, "benchmarks")
     if benchmarks not in sys.path:
         sys.path.insert(0, benchmarks)
-    import search_quality
-
-    return search_quality
+    return importlib.import_module(name)
 
 
 def test_ops_adjusted_compares_at_equal_ops():
