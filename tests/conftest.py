@@ -2,9 +2,10 @@
 for TensorFlow.
 
 Helpers (``from conftest import REPO, run_module``): ``REPO``, the repository root; ``run_module`` and
-``run_script``, a ``python -m module`` or ``python script`` subprocess in the repository root. Fixtures:
-``bench`` (Channel-Bench-Macro), ``fashion_arrays`` (Fashion-MNIST, read once per session) and
-``parse_flags`` (absl flags parsed in this process, back to their defaults afterwards).
+``run_script``, a ``python -m module`` or ``python script`` subprocess in the repository root;
+``BackgroundRun``, a program run to the end that starts beside the in-process tests. Fixtures: ``bench``
+(Channel-Bench-Macro), ``fashion_arrays`` (Fashion-MNIST, read once per session) and ``parse_flags``
+(absl flags parsed in this process, back to their defaults afterwards).
 
 Tests marked ``slow`` (more than ~15 s on 2 cores: whole searches, trainings, conversions) are left out by
 ``make test-fast`` (``pytest -m "not slow"``); ``make test`` runs everything.
@@ -15,6 +16,8 @@ from tfbnas import data  # first: must precede any tensorflow import
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -33,6 +36,88 @@ def run_script(path, *args, timeout=600, env=None):
     """``python path args`` (``path`` relative to the repository root) in the repository root."""
     return subprocess.run([sys.executable, os.path.join(REPO, path), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class BackgroundRun:
+    """A program that tests inspect only once it has run to the end (a whole search, training, benchmark).
+
+    Declared by a test module for one of its fixtures (``fixture`` in ``module``, e.g. ``__name__``);
+    ``argv(folder)`` is its command line given its own new folder. When the selected tests use that fixture,
+    the run starts as soon as collection ends, in a background lane that runs one program at a time in the
+    order the tests need them: on 2 cores it runs beside the in-process tests (mostly one busy core) instead
+    of after them. :meth:`result` waits for it, or starts it at once when the lane has not reached it yet.
+    """
+
+    declared = []
+    lane = []  # runs not started yet, in the order the selected tests need them
+    lock = threading.Lock()
+    factory = None  # pytest's TempPathFactory
+
+    def __init__(self, module, fixture, name, argv, timeout=1800):
+        self.module, self.fixture, self.name, self.argv, self.timeout = module, fixture, name, argv, timeout
+        self.proc = self.folder = self.started = self.output = None
+        BackgroundRun.declared.append(self)
+
+    def _start(self):
+        """Starts the program (with the lock held)."""
+        self.folder = BackgroundRun.factory.mktemp(self.name)
+        self.command = [str(a) for a in self.argv(self.folder)]
+        self.output = [open(self.folder / f"{stream}.txt", "w+") for stream in ("stdout", "stderr")]
+        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.output[0], stderr=self.output[1], text=True)
+        self.started = time.time()
+
+    def result(self):
+        """``(CompletedProcess, folder)`` once the program has ended."""
+        with BackgroundRun.lock:
+            if self.proc is None:
+                if self in BackgroundRun.lane:
+                    BackgroundRun.lane.remove(self)
+                self._start()
+        try:
+            self.proc.wait(timeout=max(1.0, self.started + self.timeout - time.time()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        stdout, stderr = (open(f.name).read() for f in self.output)
+        for f in self.output:
+            f.close()
+        return subprocess.CompletedProcess(self.command, self.proc.returncode, stdout, stderr), self.folder
+
+    @classmethod
+    def run_lane(cls):
+        while True:
+            with cls.lock:
+                if not cls.lane:
+                    return
+                run = cls.lane.pop(0)
+                run._start()
+            run.proc.wait()
+
+    @classmethod
+    def stop(cls):
+        with cls.lock:
+            cls.lane.clear()
+            for run in cls.declared:
+                if run.proc is not None and run.proc.poll() is None:
+                    run.proc.kill()
+
+
+def pytest_collection_finish(session):
+    """Starts the background lane with the runs the selected tests need (none for ``--collect-only``)."""
+    BackgroundRun.factory = session.config._tmp_path_factory
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        for run in BackgroundRun.declared:
+            if (run not in BackgroundRun.lane and getattr(item.module, "__name__", None) == run.module and
+                    run.fixture in getattr(item, "fixturenames", ())):
+                BackgroundRun.lane.append(run)
+    if BackgroundRun.lane:
+        threading.Thread(target=BackgroundRun.run_lane, name="background runs", daemon=True).start()
+
+
+def pytest_sessionfinish(session):
+    BackgroundRun.stop()
 
 
 @pytest.fixture(scope="module")

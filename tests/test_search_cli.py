@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import REPO
+from conftest import REPO, BackgroundRun
 from tfbnas import flags as tflags
 from tfbnas.errors import RunDirError
 
@@ -20,6 +20,18 @@ SEARCH = [sys.executable, "-m", "tfbnas.search"]
 # The smoke search with one node per cell (half the traced step of two nodes); 8 steps per epoch leave
 # time to kill the run inside epoch 2.
 SMOKE = ["--flagfile=configs/smoke.flags", "--nodes=1"]
+# The tiny DARTS search of the mirrored and the non-finite-loss tests.
+TINY = ["--flagfile=configs/smoke.flags", "--strategy=darts", "--init_channels=4", "--nodes=1",
+        "--train_examples=128", "--batch_size=16", "--search_epochs=2"]
+
+# Runs the tests only read once they have ended: they start beside the in-process tests (conftest.BackgroundRun).
+SMOKE_RUN = BackgroundRun(__name__, "smoke_run", "search-smoke", lambda folder: SEARCH + SMOKE + [
+    f"--output_dir={folder / 'run'}"])
+MIRRORED_RUNS = [BackgroundRun(__name__, "mirrored_runs", f"search-tiny-{kind}",
+                               lambda folder, extra=extra: SEARCH + TINY + [f"--output_dir={folder / 'run'}", *extra])
+                 for kind, extra in (("default", []), ("mirrored", ["--distribute=mirrored", "--cpu_devices=2"]))]
+NAN_RUN = BackgroundRun(__name__, "nan_run", "search-nan", lambda folder: SEARCH + TINY + [
+    f"--output_dir={folder / 'run'}", "--arch_lr=inf"])
 
 
 def run(args, timeout=1800):
@@ -32,11 +44,22 @@ def summary(run_dir):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    result = run(SMOKE + [f"--output_dir={out}"])
+def smoke_run():
+    result, folder = SMOKE_RUN.result()
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+    return folder / "run", result
+
+
+@pytest.fixture(scope="module")
+def mirrored_runs():
+    """``(result, run folder)`` of the tiny search on one device and mirrored on two logical CPUs."""
+    return [(result, folder / "run") for result, folder in (run_.result() for run_ in MIRRORED_RUNS)]
+
+
+@pytest.fixture(scope="module")
+def nan_run():
+    result, folder = NAN_RUN.result()
+    return result, folder / "run"
 
 
 @pytest.mark.slow
@@ -88,17 +111,12 @@ def test_resume_after_kill_reproduces_the_uninterrupted_search(smoke_run, tmp_pa
     assert len((out / "search_history.csv").read_text().splitlines()) == 3  # epoch rows not duplicated
 
 
-TINY = ["--flagfile=configs/smoke.flags", "--strategy=darts", "--init_channels=4", "--nodes=1",
-        "--train_examples=128", "--batch_size=16", "--search_epochs=2"]
-
-
 @pytest.mark.slow
-def test_mirrored_on_two_logical_cpus_matches_default(tmp_path):
-    default = run(TINY + [f"--output_dir={tmp_path / 'default'}"])
+def test_mirrored_on_two_logical_cpus_matches_default(mirrored_runs):
+    (default, default_dir), (mirrored, mirrored_dir) = mirrored_runs
     assert default.returncode == 0, default.stderr[-3000:]
-    mirrored = run(TINY + [f"--output_dir={tmp_path / 'mirrored'}", "--distribute=mirrored", "--cpu_devices=2"])
     assert mirrored.returncode == 0, mirrored.stderr[-3000:]
-    a, b = summary(tmp_path / "default"), summary(tmp_path / "mirrored")
+    a, b = summary(default_dir), summary(mirrored_dir)
     assert b["replicas"] == 2 and a["replicas"] == 1
     assert a["genotype"] == b["genotype"]
     for cell in ("normal", "reduce"):
@@ -153,9 +171,8 @@ def test_indivisible_batch_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_with_one_line_and_no_checkpoint(tmp_path):
-    out = tmp_path / "nan"
-    result = run(TINY + [f"--output_dir={out}", "--arch_lr=inf"])
+def test_non_finite_loss_stops_with_one_line_and_no_checkpoint(nan_run):
+    result, out = nan_run
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
     assert "non-finite" in last and "epoch 1, step 1" in last and "--resume=" in last

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, BackgroundRun
 from tfbnas.errors import ConfigError
 
 SCRIPT = [sys.executable, os.path.join(REPO, "benchmarks", "search_quality.py")]
@@ -36,12 +36,16 @@ def rows(results):
         return [json.loads(line) for line in f]
 
 
+# The first call: it starts beside the in-process tests (conftest.BackgroundRun).
+FIRST = BackgroundRun(__name__, "first", "search-quality", lambda folder: SCRIPT + TINY + [
+    f"--results_dir={folder / 'results'}"])
+
+
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    results = tmp_path_factory.mktemp("search_quality") / "results"
-    result = run(TINY + [f"--results_dir={results}"])
+def first():
+    result, folder = FIRST.result()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return results, result
+    return folder / "results", result
 
 
 @pytest.mark.slow

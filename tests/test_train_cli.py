@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import REPO
+from conftest import REPO, BackgroundRun
 from tfbnas import data  # (importing tfbnas registers the Child's layers for load_model)
 from tfbnas.flags import ConfigError
 from tfbnas.space.genotype import Genotype
@@ -31,10 +31,9 @@ def run(args, timeout=1800):
     return subprocess.run(TRAIN + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def genotype_path(tmp_path_factory):
-    """A search-run folder as ``python -m tfbnas.search`` leaves it: genotype.json + flags.json."""
-    folder = tmp_path_factory.mktemp("search")
+def search_run(folder):
+    """A search-run folder as ``python -m tfbnas.search`` leaves it: genotype.json + flags.json; the genotype."""
+    folder.mkdir(parents=True, exist_ok=True)
     Genotype("dcp", 1, [("sep_conv_3x3", 0), ("skip_connect", 1)],
              [("max_pool_3x3", 0), ("dil_conv_3x3", 1)]).save(str(folder / "genotype.json"))
     (folder / "flags.json").write_text(json.dumps({"preset": "dcp", "init_channels": 4, "num_cells": 3, "nodes": 1,
@@ -42,13 +41,21 @@ def genotype_path(tmp_path_factory):
     return str(folder / "genotype.json")
 
 
+# The uninterrupted training: it starts beside the in-process tests (conftest.BackgroundRun).
+REFERENCE = BackgroundRun(__name__, "reference", "train-reference", lambda folder: TRAIN + [
+    f"--genotype={search_run(folder / 'search')}", *DATA_FLAGS, *RECIPE, f"--output_dir={folder / 'run'}"])
+
+
 @pytest.fixture(scope="module")
-def reference(genotype_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "run"
-    result = run([f"--genotype={genotype_path}", *DATA_FLAGS, *RECIPE,
-                  f"--output_dir={out}"])
+def genotype_path(tmp_path_factory):
+    return search_run(tmp_path_factory.mktemp("search"))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    result, folder = REFERENCE.result()
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+    return folder / "run", result
 
 
 NOT_BIT_EXACT = (

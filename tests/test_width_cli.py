@@ -1,22 +1,35 @@
 """``python -m tfbnas.width`` for BCNet: the search choice, flag errors, and the final-training protocol."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import REPO, BackgroundRun
 from tfbnas.width.channel_bench import MAX_WIDTHS, macro_channels
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTH = [sys.executable, "-m", "tfbnas.width", "--method=bcnet"]
 
 
 def run_width(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "tfbnas.width", "--method=bcnet", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(WIDTH + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+# The training from scratch starts beside the in-process tests (conftest.BackgroundRun).
+SCRATCH_RUN = BackgroundRun(__name__, "scratch_run", "width-bcnet-scratch", lambda folder: WIDTH + [
+    "--train_examples=500", "--test_examples=100", "--eval_examples=100", "--recalibrate_examples=100",
+    "--supernet_epochs=0", "--max_trials=2", "--final_training=scratch", "--finetune_epochs=1",
+    f"--output_dir={folder / 'run'}"])
+
+
+@pytest.fixture(scope="module")
+def scratch_run():
+    result, folder = SCRATCH_RUN.result()
+    return result, folder / "run"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("search, trials", [("surrogate", 20), (None, 5)])
 def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_path):
     out = tmp_path / "run"
@@ -47,13 +60,11 @@ def test_bad_bcnet_flags_give_one_error_line_before_any_work(args, expected, tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_bcnet_trains_the_found_widths_from_scratch(tmp_path):
+@pytest.mark.slow
+def test_bcnet_trains_the_found_widths_from_scratch(scratch_run):
     import tensorflow as tf
 
-    out = tmp_path / "run"
-    result = run_width("--train_examples=500", "--test_examples=100", "--eval_examples=100",
-                       "--recalibrate_examples=100", "--supernet_epochs=0", "--max_trials=2",
-                       "--final_training=scratch", "--finetune_epochs=1", f"--output_dir={out}")
+    result, out = scratch_run
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "widths.json").read_text())
     assert summary["final_training"] == "scratch" and summary["final_epochs"] == 1
