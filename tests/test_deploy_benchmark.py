@@ -210,6 +210,7 @@ def sshd(tmp_path):
     server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_ssh_board_benchmark(models, sshd, tmp_path):
     fake = write_fake_board(str(tmp_path / "local"))  # a local file: copied to the board by scp
     remote = tmp_path / "board"
