@@ -39,13 +39,14 @@ def run_script(path, *args, timeout=600, env=None):
 
 
 class BackgroundRun:
-    """A program that tests inspect only once it has run to the end (a whole search, training, benchmark).
+    """A program that tests inspect only once it has run to the end (a search, a training, an error exit).
 
-    Declared by a test module for one of its fixtures (``fixture`` in ``module``, e.g. ``__name__``);
-    ``argv(folder)`` is its command line given its own new folder. When the selected tests use that fixture,
-    the run starts as soon as collection ends, in a background lane that runs one program at a time in the
-    order the tests need them: on 2 cores it runs beside the in-process tests (mostly one busy core) instead
-    of after them. :meth:`result` waits for it, or starts it at once when the lane has not reached it yet.
+    Declared by a test module for one of its fixtures (``fixture`` in ``module``, e.g. ``__name__``; with
+    ``param``, only for the test of that parametrization id); ``argv(folder)`` is its command line given its
+    own new folder. When a selected test uses that fixture, the run starts as soon as collection ends, in a
+    background lane that runs one program at a time in the order the tests need them: on 2 cores it runs
+    beside the in-process tests (mostly one busy core) instead of after them, and it pays TensorFlow's import
+    there. :meth:`result` waits for it, or starts it at once when the lane has not reached it yet.
     """
 
     declared = []
@@ -53,10 +54,16 @@ class BackgroundRun:
     lock = threading.Lock()
     factory = None  # pytest's TempPathFactory
 
-    def __init__(self, module, fixture, name, argv, timeout=1800):
+    def __init__(self, module, fixture, name, argv, param=None, timeout=1800):
         self.module, self.fixture, self.name, self.argv, self.timeout = module, fixture, name, argv, timeout
+        self.param = param
         self.proc = self.folder = self.started = self.output = None
         BackgroundRun.declared.append(self)
+
+    def needed_by(self, item) -> bool:
+        callspec = getattr(item, "callspec", None)
+        return (getattr(item.module, "__name__", None) == self.module and self.fixture in item.fixturenames and
+                (self.param is None or (callspec is not None and callspec.id == self.param)))
 
     def _start(self):
         """Starts the program (with the lock held)."""
@@ -84,6 +91,13 @@ class BackgroundRun:
         return subprocess.CompletedProcess(self.command, self.proc.returncode, stdout, stderr), self.folder
 
     @classmethod
+    def for_test(cls, request):
+        """``result()`` of the run declared for the requesting fixture and the test that asks for it."""
+        runs = [run for run in cls.declared if run.fixture == request.fixturename and run.needed_by(request.node)]
+        assert len(runs) == 1, f"{len(runs)} background runs declared for {request.node.nodeid}"
+        return runs[0].result()
+
+    @classmethod
     def run_lane(cls):
         while True:
             with cls.lock:
@@ -109,8 +123,7 @@ def pytest_collection_finish(session):
         return
     for item in session.items:
         for run in BackgroundRun.declared:
-            if (run not in BackgroundRun.lane and getattr(item.module, "__name__", None) == run.module and
-                    run.fixture in getattr(item, "fixturenames", ())):
+            if run not in BackgroundRun.lane and run.needed_by(item):
                 BackgroundRun.lane.append(run)
     if BackgroundRun.lane:
         threading.Thread(target=BackgroundRun.run_lane, name="background runs", daemon=True).start()

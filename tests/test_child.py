@@ -121,6 +121,7 @@ def test_keras_file_round_trip(tmp_path, genotype, binary):
     assert {"Subsample2D", "ShiftPixel", "HardTanh"} <= set(custom_objects())
 
 
+@pytest.mark.slow
 def test_a_saved_child_loads_after_import_tfbnas_alone(tmp_path):
     """As a user loads it: a fresh process, ``import tfbnas`` and nothing else from tfbnas."""
     import subprocess

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import REPO, BackgroundRun, run_module
 from tfbnas import flags as tflags
 from tfbnas.errors import RunDirError
 
@@ -32,8 +32,25 @@ def test_bad_flags_give_one_line_and_exit_2(args, expected, parse_flags, capsys)
     assert len(lines) == 1 and "flag error" in lines[0] and expected in lines[0], lines
 
 
-def test_bad_flag_of_the_program_is_one_line_and_exit_2():
-    result = run_module("tfbnas.run", "--batch_size=0")
+# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
+BAD_FLAG_RUN = BackgroundRun(__name__, "bad_flag_run", "run-bad-flag",
+                             lambda _: [sys.executable, "-m", "tfbnas.run", "--batch_size=0"])
+MISSING_DATA_RUN = BackgroundRun(__name__, "missing_data_run", "run-missing-data", lambda folder: [
+    sys.executable, "-m", "tfbnas.run", "--dataset=cifar10", f"--data_dir={folder}", f"--output_dir={folder}/r"])
+
+
+@pytest.fixture
+def bad_flag_run():
+    return BAD_FLAG_RUN.result()[0]
+
+
+@pytest.fixture
+def missing_data_run():
+    return MISSING_DATA_RUN.result()[0]
+
+
+def test_bad_flag_of_the_program_is_one_line_and_exit_2(bad_flag_run):
+    result = bad_flag_run
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "flag error" in line]
     assert len(lines) == 1 and "batch_size" in lines[0], result.stderr
@@ -50,8 +67,8 @@ def test_unwritable_output_dir(tmp_path, parse_flags):
     assert error.value.exit_code == 1 and "\n" not in str(error.value)
 
 
-def test_missing_data_is_one_line_and_exit_1(tmp_path):
-    result = run_module("tfbnas.run", "--dataset=cifar10", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}/r")
+def test_missing_data_is_one_line_and_exit_1(missing_data_run):
+    result = missing_data_run
     assert result.returncode == 1
     assert any("not prepared" in line and "tfds build cifar10" in line for line in result.stderr.splitlines())
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import BackgroundRun
 from tfbnas import data
 from tfbnas.deploy import DeployError, ParityError, convert as dc, flatbuffer as fbs, parity as par
 
@@ -271,12 +272,28 @@ def test_cli_end_to_end(trained, tmp_path):
         assert json.load(f)["parity"]["agreement"] == 1.0
 
 
-@pytest.mark.parametrize("case", ["missing", "not_keras"])
-def test_cli_errors_are_one_line(tmp_path, case):
-    model = tmp_path / "model.keras"
+def _bad_model_command(folder, case):
+    model = folder / "model.keras"
     if case == "not_keras":
         model.write_bytes(b"\x00\x01 not a model")
-    result = run_cli(f"--model={model}", f"--output={tmp_path / 'o.tflite'}")
+    return [sys.executable, os.path.join(REPO, "deploy", "convert.py"), f"--model={model}",
+            f"--output={folder / 'o.tflite'}"]
+
+
+# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
+for _case in ("missing", "not_keras"):
+    BackgroundRun(__name__, "bad_model_run", f"convert-{_case}", lambda folder, c=_case: _bad_model_command(folder, c),
+                  param=_case)
+
+
+@pytest.fixture
+def bad_model_run(request):
+    return BackgroundRun.for_test(request)[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "not_keras"])
+def test_cli_errors_are_one_line(case, bad_model_run):
+    result = bad_model_run
     assert result.returncode == 1
     ours = [line for line in result.stderr.splitlines() if line.startswith("convert.py:")]
     assert len(ours) == 1 and ours[0] == result.stderr.strip().splitlines()[-1]

@@ -190,8 +190,15 @@ def test_cli_benchmark_mode_writes_widths_table_and_model(bench, cli_run):
     assert json.load(open(out / "widths.json"))["found"] == summary["found"]
 
 
-def test_cli_rejects_missing_method(tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "tfbnas.width", f"--output_dir={tmp_path}"], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": repo}, cwd=repo, timeout=120)
+NO_METHOD_RUN = BackgroundRun(__name__, "no_method_run", "width-no-method",
+                              lambda folder: [sys.executable, "-m", "tfbnas.width", f"--output_dir={folder}"])
+
+
+@pytest.fixture
+def no_method_run():
+    return NO_METHOD_RUN.result()[0]
+
+
+def test_cli_rejects_missing_method(no_method_run):
+    proc = no_method_run
     assert proc.returncode == 2 and "--method" in proc.stderr

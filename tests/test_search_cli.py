@@ -32,6 +32,11 @@ MIRRORED_RUNS = [BackgroundRun(__name__, "mirrored_runs", f"search-tiny-{kind}",
                  for kind, extra in (("default", []), ("mirrored", ["--distribute=mirrored", "--cpu_devices=2"]))]
 NAN_RUN = BackgroundRun(__name__, "nan_run", "search-nan", lambda folder: SEARCH + TINY + [
     f"--output_dir={folder / 'run'}", "--arch_lr=inf"])
+BAD_FLAG_RUN = BackgroundRun(__name__, "bad_flag_run", "search-bad-flag",
+                             lambda _: SEARCH + ["--flagfile=configs/smoke.flags", "--dcp_tau=1.5"])
+INDIVISIBLE_RUN = BackgroundRun(__name__, "indivisible_run", "search-indivisible", lambda folder: SEARCH + [
+    "--flagfile=configs/smoke.flags", f"--output_dir={folder / 'r'}", "--batch_size=30", "--dcp_ggn",
+    "--dcp_ggn_samples=4"])
 
 
 def run(args, timeout=1800):
@@ -60,6 +65,16 @@ def mirrored_runs():
 def nan_run():
     result, folder = NAN_RUN.result()
     return result, folder / "run"
+
+
+@pytest.fixture
+def bad_flag_run():
+    return BAD_FLAG_RUN.result()[0]
+
+
+@pytest.fixture
+def indivisible_run():
+    return INDIVISIBLE_RUN.result()[0]
 
 
 @pytest.mark.slow
@@ -142,8 +157,8 @@ def test_bad_search_flags_one_line(args, expected, parse_flags, capsys):
     assert len(lines) == 1 and "flag error" in lines[0] and expected in lines[0], lines
 
 
-def test_bad_search_flag_of_the_program_is_one_line():
-    result = run(["--flagfile=configs/smoke.flags", "--dcp_tau=1.5"])
+def test_bad_search_flag_of_the_program_is_one_line(bad_flag_run):
+    result = bad_flag_run
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "flag error" in line]
     assert len(lines) == 1 and "dcp_tau" in lines[0]
@@ -163,10 +178,9 @@ def test_unwritable_output_dir_and_no_run_to_resume(tmp_path, parse_flags):
     assert RunDirError.exit_code == 1
 
 
-def test_indivisible_batch_is_one_line_and_exit_2(tmp_path):
+def test_indivisible_batch_is_one_line_and_exit_2(indivisible_run):
     # raised inside the search (after the runtime set-up), so as a program: the last stderr line, exit 2
-    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={tmp_path / 'r'}", "--batch_size=30",
-                  "--dcp_ggn", "--dcp_ggn_samples=4"])
+    result = indivisible_run
     assert result.returncode == 2 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]  # a bad value
 
 

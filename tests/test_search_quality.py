@@ -143,11 +143,20 @@ def test_ablation_bad_variant_fails_before_writing(first, tmp_path, variant, mes
     assert not (tmp_path / "config.json").exists()
 
 
-def test_ablation_needs_a_search_quality_reference(tmp_path):
-    result = ablate([f"--reference={tmp_path}", f"--ablation_dir={tmp_path / 'out'}"], timeout=300)
+NO_REFERENCE_RUN = BackgroundRun(__name__, "no_reference_run", "ablation-no-reference", lambda folder: ABLATION + [
+    f"--reference={folder}", f"--ablation_dir={folder / 'out'}"])
+
+
+@pytest.fixture
+def no_reference_run():
+    return NO_REFERENCE_RUN.result()
+
+
+def test_ablation_needs_a_search_quality_reference(no_reference_run):
+    result, folder = no_reference_run
     assert result.returncode == 2, result.stderr[-3000:]
     assert "is not a search-quality run (no config.json)" in result.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "out").exists()
+    assert not (folder / "out").exists()
 
 
 def _benchmark_module(name="search_quality"):

@@ -46,6 +46,16 @@ REFERENCE = BackgroundRun(__name__, "reference", "train-reference", lambda folde
     f"--genotype={search_run(folder / 'search')}", *DATA_FLAGS, *RECIPE, f"--output_dir={folder / 'run'}"])
 
 
+# The program pays TensorFlow's import: it runs beside the in-process tests (conftest.BackgroundRun).
+OTHER_PRESET_RUN = BackgroundRun(__name__, "other_preset_run", "train-other-preset", lambda folder: TRAIN + [
+    f"--genotype={search_run(folder / 'search')}", "--preset=bats", f"--output_dir={folder / 'x'}"])
+
+
+@pytest.fixture
+def other_preset_run():
+    return OTHER_PRESET_RUN.result()
+
+
 @pytest.fixture(scope="module")
 def genotype_path(tmp_path_factory):
     return search_run(tmp_path_factory.mktemp("search"))
@@ -130,12 +140,12 @@ def test_resume_after_kill_matches_the_uninterrupted_run(reference, genotype_pat
         pytest.xfail(NOT_BIT_EXACT)
 
 
-def test_genotype_of_another_preset_fails_in_one_line(genotype_path, tmp_path):
-    result = run([f"--genotype={genotype_path}", "--preset=bats", f"--output_dir={tmp_path / 'x'}"])
+def test_genotype_of_another_preset_fails_in_one_line(other_preset_run):
+    result, folder = other_preset_run
     assert result.returncode == 2  # flags that contradict the genotype: the command line is wrong
     lines = [line for line in result.stderr.splitlines() if line.startswith("tfbnas.train")]
     assert len(lines) == 1 and "genotype field 'preset' is 'dcp'" in lines[0] and "--preset=dcp" in lines[0]
-    assert "Traceback" not in result.stderr and not (tmp_path / "x").exists()
+    assert "Traceback" not in result.stderr and not (folder / "x").exists()
 
 
 def test_wrong_cell_count_for_widths_fails_before_any_folder(genotype_path, tmp_path, parse_flags):

@@ -47,17 +47,31 @@ def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_pat
     assert (out / "search" / "surrogate_seed0" / "oracle.json").exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--benchmark=channel_bench_macro_mobilenet", "--population_size=8"], "--search=evolution"),
-    (["--search=random", "--initial_population=uniform"], "--search=evolution"),
-    (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # scratch needs epochs to train
-])
-def test_bad_bcnet_flags_give_one_error_line_before_any_work(args, expected, tmp_path):
-    result = run_width(*args, f"--output_dir={tmp_path / 'run'}", timeout=120)
+BAD_FLAGS = {
+    "population_size": (["--benchmark=channel_bench_macro_mobilenet", "--population_size=8"], "--search=evolution"),
+    "initial_population": (["--search=random", "--initial_population=uniform"], "--search=evolution"),
+    "finetune_epochs": (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # needs epochs
+}
+# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
+for _case, (_args, _) in BAD_FLAGS.items():
+    BackgroundRun(__name__, "bad_flags_run", f"width-{_case}",
+                  lambda folder, a=_args: WIDTH + a + [f"--output_dir={folder / 'run'}"], param=_case)
+
+
+@pytest.fixture
+def bad_flags_run(request):
+    result, folder = BackgroundRun.for_test(request)
+    return result, folder / "run"
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_bcnet_flags_give_one_error_line_before_any_work(case, bad_flags_run):
+    result, out = bad_flags_run
+    expected = BAD_FLAGS[case][1]
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower() and expected in line]
     assert len(lines) == 1, result.stderr[-2000:]
-    assert not (tmp_path / "run").exists()
+    assert not out.exists()
 
 
 @pytest.mark.slow
