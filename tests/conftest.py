@@ -1,11 +1,11 @@
 """Shared test fixtures and helpers. Importing tfbnas first (here, before any test module) selects Keras 2
 for TensorFlow.
 
-Helpers (``from conftest import REPO, run_module``): ``REPO``, the repository root; ``run_module`` and
-``run_script``, a ``python -m module`` or ``python script`` subprocess in the repository root;
-``BackgroundRun``, a program run to the end that starts beside the in-process tests. Fixtures: ``bench``
-(Channel-Bench-Macro), ``fashion_arrays`` (Fashion-MNIST, read once per session) and ``parse_flags``
-(absl flags parsed in this process, back to their defaults afterwards).
+Helpers (``from conftest import REPO, run_module``): ``REPO``, the repository root; ``run_module``, a
+``python -m module`` subprocess in the repository root; ``BackgroundRun``, a program run to its end that
+starts beside the in-process tests. Fixtures: ``bench`` (Channel-Bench-Macro), ``fashion_arrays``
+(Fashion-MNIST, read once per session) and ``parse_flags`` (absl flags parsed in this process, back to
+their defaults afterwards).
 
 Tests marked ``slow`` (more than ~15 s on 2 cores: whole searches, trainings, conversions) are left out by
 ``make test-fast`` (``pytest -m "not slow"``); ``make test`` runs everything.
@@ -32,21 +32,16 @@ def run_module(module, *args, timeout=600, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def run_script(path, *args, timeout=600, env=None):
-    """``python path args`` (``path`` relative to the repository root) in the repository root."""
-    return subprocess.run([sys.executable, os.path.join(REPO, path), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
 class BackgroundRun:
     """A program that tests inspect only once it has run to the end (a search, a training, an error exit).
 
     Declared by a test module for one of its fixtures (``fixture`` in ``module``, e.g. ``__name__``; with
     ``param``, only for the test of that parametrization id); ``argv(folder)`` is its command line given its
-    own new folder. When a selected test uses that fixture, the run starts as soon as collection ends, in a
-    background lane that runs one program at a time in the order the tests need them: on 2 cores it runs
-    beside the in-process tests (mostly one busy core) instead of after them, and it pays TensorFlow's import
-    there. :meth:`result` waits for it, or starts it at once when the lane has not reached it yet.
+    own new folder, ``after`` a run that has to end first (whose folder the command line uses). When a
+    selected test uses that fixture, the run starts as soon as collection ends, in a background lane that runs
+    one program at a time in the order the tests need them: on 2 cores it runs beside the in-process tests
+    (mostly one busy core) instead of after them, and it pays TensorFlow's import there. :meth:`result` waits
+    for it, or starts it at once when the lane has not reached it yet.
     """
 
     declared = []
@@ -54,9 +49,9 @@ class BackgroundRun:
     lock = threading.Lock()
     factory = None  # pytest's TempPathFactory
 
-    def __init__(self, module, fixture, name, argv, param=None, timeout=1800):
+    def __init__(self, module, fixture, name, argv, param=None, after=None, timeout=1800):
         self.module, self.fixture, self.name, self.argv, self.timeout = module, fixture, name, argv, timeout
-        self.param = param
+        self.param, self.after = param, after
         self.proc = self.folder = self.started = self.output = None
         BackgroundRun.declared.append(self)
 
@@ -73,8 +68,13 @@ class BackgroundRun:
         self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.output[0], stderr=self.output[1], text=True)
         self.started = time.time()
 
+    def ended(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     def result(self):
         """``(CompletedProcess, folder)`` once the program has ended."""
+        if self.after is not None:
+            self.after.result()
         with BackgroundRun.lock:
             if self.proc is None:
                 if self in BackgroundRun.lane:
@@ -103,9 +103,19 @@ class BackgroundRun:
             with cls.lock:
                 if not cls.lane:
                     return
-                run = cls.lane.pop(0)
-                run._start()
-            run.proc.wait()
+                run, waiting = cls.lane[0], cls.lane[0].after
+                if waiting is None or waiting.ended():
+                    cls.lane.pop(0)
+                    waiting = None
+                    try:
+                        run._start()
+                    except Exception:  # noqa: BLE001  (result() starts it again and shows the error in its test)
+                        run.proc = None
+                        continue
+            try:
+                run.proc.wait() if waiting is None else waiting.result()  # (result() starts it if nobody has)
+            except Exception:  # noqa: BLE001  (the test of that run reports it)
+                continue
 
     @classmethod
     def stop(cls):

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -27,18 +28,25 @@ SUMMARY = re.compile(r"^SUMMARY search-quality: searched mean 0\.\d{4} min 0\.\d
 TRAINING = re.compile(r"^\[\d+/\d+\] training ", re.M)
 
 
-def run(args, timeout=1800):
-    return subprocess.run(SCRIPT + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def rows(results):
-    with open(results / "results.jsonl") as f:
+def rows(results, name="results.jsonl"):
+    with open(results / name) as f:
         return [json.loads(line) for line in f]
 
 
-# The first call: it starts beside the in-process tests (conftest.BackgroundRun).
+# The calls start beside the in-process tests (conftest.BackgroundRun); the later ones once the first has ended.
 FIRST = BackgroundRun(__name__, "first", "search-quality", lambda folder: SCRIPT + TINY + [
     f"--results_dir={folder / 'results'}"])
+
+
+def _second_call(folder):
+    results = FIRST.folder / "results"
+    shutil.copy(results / "results.jsonl", folder / "rows_before.jsonl")  # the rows before the second call
+    return SCRIPT + TINY + [f"--results_dir={results}"]
+
+
+SECOND = BackgroundRun(__name__, "second", "search-quality-again", _second_call, after=FIRST)
+CHANGED = BackgroundRun(__name__, "changed", "search-quality-changed", lambda _: SCRIPT + TINY + [
+    "--random_seed=7", f"--results_dir={FIRST.folder / 'results'}"], after=FIRST)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +79,21 @@ def test_full_comparison_at_tiny_size(first):
     assert "| searched | 1 |" in markdown and "verdict: " in markdown
 
 
+@pytest.fixture(scope="module")
+def second():
+    return SECOND.result()
+
+
+@pytest.fixture(scope="module")
+def changed():
+    return CHANGED.result()[0]
+
+
 @pytest.mark.slow
-def test_second_call_trains_nothing(first):
+def test_second_call_trains_nothing(first, second):
     results, result = first
-    before = rows(results)
-    again = run(TINY + [f"--results_dir={results}"])
+    again, folder = second
+    before = rows(folder, "rows_before.jsonl")
     assert again.returncode == 0, again.stderr[-3000:]
     assert not TRAINING.search(again.stdout), again.stdout
     assert "search seed 0: finished earlier" in again.stdout
@@ -84,9 +102,7 @@ def test_second_call_trains_nothing(first):
 
 
 @pytest.mark.slow
-def test_changed_config_on_resume_is_one_line_exit_2(first):
-    results, _ = first
-    changed = run(TINY + ["--random_seed=7", f"--results_dir={results}"])
+def test_changed_config_on_resume_is_one_line_exit_2(first, changed):
     assert changed.returncode == 2, changed.stderr[-3000:]
     errors = [line for line in changed.stderr.splitlines() if line.startswith("search_quality.py:")]
     assert errors == [changed.stderr.strip().splitlines()[-1]]  # one line, the last (TensorFlow logs before it)
@@ -103,22 +119,36 @@ def ablate(args, timeout=1800):
     return subprocess.run(ABLATION + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def _ablation_args(folder):
+    return [f"--reference={FIRST.folder / 'results'}", "--variants=retrain,nodcp_tangent",
+            f"--ablation_dir={folder / 'ablation'}"]
+
+
+ABLATION_RUN = BackgroundRun(__name__, "ablation_run", "dcp-ablation",
+                             lambda folder: ABLATION + _ablation_args(folder), after=FIRST)
+
+
+@pytest.fixture(scope="module")
+def ablation_run():
+    return ABLATION_RUN.result()
+
+
 @pytest.mark.slow
-def test_ablation_searches_each_variant_with_the_reference_recipe(first, tmp_path):
+def test_ablation_searches_each_variant_with_the_reference_recipe(first, ablation_run):
     results, _ = first
-    args = [f"--reference={results}", "--variants=retrain,nodcp_tangent", f"--ablation_dir={tmp_path}"]
-    result = ablate(args)
+    result, folder = ablation_run
+    args, out = _ablation_args(folder), folder / "ablation"
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert ABLATION_SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
-    table = rows(tmp_path)
+    table = rows(out)
     assert [(r["name"], r["group"]) for r in table] == [("retrain-seed0", "retrain"),
                                                         ("nodcp_tangent-seed0", "nodcp_tangent")]
     reference = {r["name"]: r for r in rows(results)}
     assert table[0]["genotype"] == reference["searched-seed0"]["genotype"]  # retrain: the reference's genotype
-    searched = tmp_path / "nodcp_tangent" / "search_seed0"
+    searched = out / "nodcp_tangent" / "search_seed0"
     flags_used = json.loads((searched / "flags.json").read_text())
     assert flags_used["dcp_tangent"] is False and flags_used["search_steps_per_epoch"] == 1  # the reference's rest
-    assert "| nodcp_tangent | --dcp_tangent=false |" in (tmp_path / "dcp_ablation.md").read_text()
+    assert "| nodcp_tangent | --dcp_tangent=false |" in (out / "dcp_ablation.md").read_text()
     again = ablate(args)  # resumed: nothing trained or searched again
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training its Child" not in again.stdout and "searching in" not in again.stdout, again.stdout

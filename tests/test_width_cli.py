@@ -1,22 +1,16 @@
 """``python -m tfbnas.width`` for BCNet: the search choice, flag errors, and the final-training protocol."""
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, BackgroundRun
+from conftest import BackgroundRun
 from tfbnas.width.channel_bench import MAX_WIDTHS, macro_channels
 
 WIDTH = [sys.executable, "-m", "tfbnas.width", "--method=bcnet"]
 
-
-def run_width(*args, timeout=300):
-    return subprocess.run(WIDTH + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-# The training from scratch starts beside the in-process tests (conftest.BackgroundRun).
+# Every program of this file runs beside the in-process tests (conftest.BackgroundRun).
 SCRATCH_RUN = BackgroundRun(__name__, "scratch_run", "width-bcnet-scratch", lambda folder: WIDTH + [
     "--train_examples=500", "--test_examples=100", "--eval_examples=100", "--recalibrate_examples=100",
     "--supernet_epochs=0", "--max_trials=2", "--final_training=scratch", "--finetune_epochs=1",
@@ -29,12 +23,23 @@ def scratch_run():
     return result, folder / "run"
 
 
+SEARCHES = [("surrogate", 20), (None, 5)]
+for _search, _trials in SEARCHES:
+    BackgroundRun(__name__, "search_run", f"width-bench-{_search}", lambda folder, s=_search, t=_trials: WIDTH + [
+        "--benchmark=channel_bench_macro_mobilenet", f"--max_trials={t}", f"--output_dir={folder / 'run'}"] + (
+        [f"--search={s}"] if s else []), param=f"{_search}-{_trials}")
+
+
+@pytest.fixture
+def search_run(request):
+    result, folder = BackgroundRun.for_test(request)
+    return result, folder / "run"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("search, trials", [("surrogate", 20), (None, 5)])
-def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_path):
-    out = tmp_path / "run"
-    args = ["--benchmark=channel_bench_macro_mobilenet", f"--max_trials={trials}", f"--output_dir={out}"]
-    result = run_width(*args + ([f"--search={search}"] if search else []))
+@pytest.mark.parametrize("search, trials", SEARCHES)
+def test_benchmark_search_writes_the_found_widths(bench, search, trials, search_run):
+    result, out = search_run
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "widths.json").read_text())
     assert summary["search"] == "surrogate"  # also the default
@@ -52,7 +57,6 @@ BAD_FLAGS = {
     "initial_population": (["--search=random", "--initial_population=uniform"], "--search=evolution"),
     "finetune_epochs": (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # needs epochs
 }
-# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
 for _case, (_args, _) in BAD_FLAGS.items():
     BackgroundRun(__name__, "bad_flags_run", f"width-{_case}",
                   lambda folder, a=_args: WIDTH + a + [f"--output_dir={folder / 'run'}"], param=_case)
