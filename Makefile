@@ -1,9 +1,10 @@
-# The two commands: `make run` (set up + main job on Fashion-MNIST) and `make test` (set up + tests).
+# The two commands: `make run` (set up + main job on Fashion-MNIST) and `make test` (set up + tests);
+# `make test-fast` is `make test` without the tests marked slow.
 PY := .venv/bin/python
 FLAGS ?= configs/fashion_mnist.flags
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test run test smoke clean
+.PHONY: setup setup-test run test test-fast smoke clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +17,9 @@ run: setup
 
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup-test
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,15 +1,13 @@
 """BCNet supernet: bilateral slicing, complementary training, scoring without training (one- or two-sided,
 with per-width BatchNorm recalibration), extraction, training from scratch, LCE."""
 
+import larq_compute_engine as lce
 import numpy as np
 import pytest
-
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
-import larq_compute_engine as lce
 import tensorflow as tf
 
 from tfbnas.cost import model_cost
-from tfbnas.data import KNOWN_DATASETS, load_arrays, normalize_numpy
+from tfbnas.data import KNOWN_DATASETS, normalize_numpy
 from tfbnas.deploy.flatbuffer import op_histogram
 from tfbnas.width import WidthSearchError
 from tfbnas.width.bcnet import BCNetSupernet, build_macro_model, calibrate_batchnorm, scaled_max_widths
@@ -20,8 +18,8 @@ WIDTHS = (0.25, 0.5, 0.25, 0.75, 0.5, 0.25, 0.25)
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    (x, y), _ = load_arrays("fashion_mnist")
+def fashion(fashion_arrays):
+    (x, y), _ = fashion_arrays
     rng = np.random.default_rng(0)
     idx = rng.choice(len(x), 1024, replace=False)
     return normalize_numpy(x[idx], KNOWN_DATASETS["fashion_mnist"]), y[idx]
@@ -77,6 +75,7 @@ def test_complement_covers_every_channel_twice():
             assert len(set(uses)) == 1 and uses[0] in (2, 4)
 
 
+@pytest.mark.slow
 def test_train_step_then_search_without_training(fashion, tmp_path):
     tf.keras.utils.set_random_seed(0)
     x, y = fashion
@@ -113,6 +112,7 @@ def _ce(logits, y):
     return float(-log_p[np.arange(len(y)), y].mean())
 
 
+@pytest.mark.slow
 def test_one_sided_supernet_scores_its_left_path_only(fashion):
     tf.keras.utils.set_random_seed(5)  # an initialisation whose two paths score differently on these images
     both = BCNetSupernet((28, 28, 1), width_scale=0.125)
@@ -133,6 +133,7 @@ def test_one_sided_supernet_scores_its_left_path_only(fashion):
     assert s_one["acc_left"] == s_both["acc_left"]
 
 
+@pytest.mark.slow
 def test_recalibration_uses_the_calibration_statistics_of_the_width(fashion):
     tf.keras.utils.set_random_seed(3)
     net = BCNetSupernet((28, 28, 1), width_scale=0.125)
@@ -185,6 +186,7 @@ def test_recalibration_uses_the_calibration_statistics_of_the_width(fashion):
     assert net.score_widths(WIDTHS, [(x_val, y_val)]) == plain
 
 
+@pytest.mark.slow
 def test_scratch_model_has_the_widths_but_not_the_supernet_weights_and_trains(fashion):
     tf.keras.utils.set_random_seed(5)
     x, y = fashion
@@ -216,6 +218,7 @@ def test_macro_cost_matches_the_cost_model(binary):
     assert (report.bops > 0) == binary
 
 
+@pytest.mark.slow
 def test_extracted_binary_width_model_converts_with_lce(fashion):
     tf.keras.utils.set_random_seed(2)
     net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=True)

@@ -4,16 +4,15 @@ agree with each other and with the counting rule (no timing thresholds: the mach
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import tensorflow as tf
 
+from conftest import REPO, BackgroundRun
 from tfbnas.space.genotype import Genotype
 from tfbnas.space.ops import PARAM_FREE_OPS, PRESETS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "train_step.py")
 STEPS = ["parent", "child", "child-distilled", "baseline"]
 NUMBER = r"(\d+(?:\.\d+)?)"
@@ -74,12 +73,25 @@ def test_fixed_genotype_cycles_the_documented_ops(ts, preset):
         assert ts.fixed_genotype(preset, nodes).nodes == nodes
 
 
-def test_smoke_run_prints_consistent_table_and_summary(tmp_path):
+def _smoke_command(folder):
     # One node per cell (a --genotype file) and grappler off keep the run near 40 s on 2 busy cores.
     genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("dil_conv_3x3", 1)],
-                        [("max_pool_3x3", 0), ("sep_conv_5x5", 1)]).save(str(tmp_path / "genotype.json"))
-    result = subprocess.run([sys.executable, SCRIPT, "--configs=smoke", "--steps=2", f"--genotype={genotype}",
-                             "--no_grappler"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        [("max_pool_3x3", 0), ("sep_conv_5x5", 1)]).save(str(folder / "genotype.json"))
+    return [sys.executable, SCRIPT, "--configs=smoke", "--steps=2", f"--genotype={genotype}", "--no_grappler"]
+
+
+# It starts beside the in-process tests (conftest.BackgroundRun); its figures are only checked against each other.
+SMOKE_RUN = BackgroundRun(__name__, "smoke_run", "train-step-smoke", _smoke_command)
+
+
+@pytest.fixture(scope="module")
+def smoke_run():
+    return SMOKE_RUN.result()[0]
+
+
+@pytest.mark.slow
+def test_smoke_run_prints_consistent_table_and_summary(smoke_run):
+    result = smoke_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
     assert "dcp Child, C=8, 3 cells, nodes 1, batch 32" in out

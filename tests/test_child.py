@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
-from tfbnas import data
 from tfbnas.models import build_child, build_parent, custom_objects
 from tfbnas.space import Genotype, SpaceError
 from tfbnas.space.ops import NativeQuantConv2D, binary_conv_layers, lce_binary
@@ -47,6 +46,13 @@ def op_counts(flatbuffer: bytes) -> collections.Counter:
     return counts
 
 
+@pytest.fixture(scope="module")
+def dcp_child():
+    """The DCP genotype's Child at C=8, 3 cells, 28x28x1 (several tests read it; the conversion test gives it
+    trained-like weights, which none of the others depends on)."""
+    return build_child(DCP, num_classes=10, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+
+
 def _images(shape, batch=4, seed=0):
     return tf.random.stateless_normal([batch, *shape], seed=(seed, 7)).numpy()
 
@@ -65,8 +71,9 @@ def _trained_like(model, seed=0):
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)], ids=["fashion_mnist", "cifar"])
-def test_build_child_shapes_and_widths(shape):
-    child = build_child(DCP, num_classes=10, input_shape=shape, init_channels=8, num_cells=3)
+def test_build_child_shapes_and_widths(shape, request):
+    child = (request.getfixturevalue("dcp_child") if shape == (28, 28, 1) else
+             build_child(DCP, num_classes=10, input_shape=shape, init_channels=8, num_cells=3))
     assert child.output_shape == (None, 10)
     assert child(_images(shape)).shape == (4, 10)
     assert child.get_layer("stem_conv").filters == 24  # real-valued stem, stem_multiplier 3
@@ -77,7 +84,7 @@ def test_build_child_shapes_and_widths(shape):
     assert narrow.count_params() < child.count_params()
 
 
-def test_bad_widths_and_genotype_inputs(tmp_path):
+def test_bad_widths_and_genotype_inputs(tmp_path, dcp_child):
     with pytest.raises(SpaceError, match="widths"):
         build_child(DCP, init_channels=8, num_cells=3, widths=[1.0, 1.0])
     with pytest.raises(SpaceError, match="widths"):
@@ -85,12 +92,11 @@ def test_bad_widths_and_genotype_inputs(tmp_path):
     with pytest.raises(SpaceError, match="genotype"):
         build_child(42)
     path = DCP.save(str(tmp_path / "genotype.json"))
-    assert build_child(path, init_channels=8, num_cells=3).count_params() == \
-        build_child(DCP, init_channels=8, num_cells=3).count_params()
+    assert build_child(path, init_channels=8, num_cells=3).count_params() == dcp_child.count_params()
 
 
-def test_parent_twin_shares_weight_shapes():
-    child = build_child(DCP, init_channels=8, num_cells=3)
+def test_parent_twin_shares_weight_shapes(dcp_child):
+    child = dcp_child
     parent = build_parent(DCP, init_channels=8, num_cells=3)
     assert [w.shape for w in child.get_weights()] == [w.shape for w in parent.get_weights()]
     assert [type(layer) for layer in child.layers] == [type(layer) for layer in parent.layers]
@@ -115,6 +121,7 @@ def test_keras_file_round_trip(tmp_path, genotype, binary):
     assert {"Subsample2D", "ShiftPixel", "HardTanh"} <= set(custom_objects())
 
 
+@pytest.mark.slow
 def test_a_saved_child_loads_after_import_tfbnas_alone(tmp_path):
     """As a user loads it: a fresh process, ``import tfbnas`` and nothing else from tfbnas."""
     import subprocess
@@ -136,9 +143,10 @@ def test_a_saved_child_loads_after_import_tfbnas_alone(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "False"  # keras-tuner (Keras 3) is not pulled in
 
 
-def test_child_trains_on_fashion_mnist():
+@pytest.mark.slow
+def test_child_trains_on_fashion_mnist(fashion_arrays):
     tf.keras.utils.set_random_seed(0)
-    (x_train, y_train), (x_test, y_test) = data.load_arrays("fashion_mnist")
+    (x_train, y_train), (x_test, y_test) = fashion_arrays
 
     def scale(images):
         return ((images.astype("float32") / 255.0) - 0.2860) / 0.3530
@@ -156,8 +164,9 @@ def _convert_and_count(model):
     return flatbuffer, op_counts(flatbuffer)
 
 
-def test_dcp_child_converts_every_binary_conv_to_lce_bconv():
-    child = build_child(DCP, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
+@pytest.mark.slow
+def test_dcp_child_converts_every_binary_conv_to_lce_bconv(dcp_child):
+    child = dcp_child
     _trained_like(child)
     flatbuffer, counts = _convert_and_count(child)
     binary = binary_conv_layers(child)
@@ -177,6 +186,7 @@ def test_dcp_child_converts_every_binary_conv_to_lce_bconv():
     np.testing.assert_allclose(lite, keras, atol=1e-3 * np.max(np.abs(keras)))
 
 
+@pytest.mark.slow
 def test_bats_child_with_32_channels_per_group_converts_to_lce_bconv():
     child = build_child(BATS, input_shape=(16, 16, 3), init_channels=64, num_cells=3)
     grouped = [layer for layer in binary_conv_layers(child) if layer.groups > 1]
@@ -187,6 +197,7 @@ def test_bats_child_with_32_channels_per_group_converts_to_lce_bconv():
     assert counts["CONV_2D"] == 1  # only the real-valued stem
 
 
+@pytest.mark.slow
 def test_bats_paper_groups_at_small_width_fall_back_to_float_conv():
     # BATS's fixed group count at C=16 leaves 2 channels per group: LCE emits a float CONV_2D instead.
     child = build_child(BATS, input_shape=(16, 16, 3), init_channels=16, num_cells=3, group_policy="paper")
@@ -220,6 +231,7 @@ def test_native_quant_conv_equals_larq_quant_conv(kwargs, binary):
     assert NativeQuantConv2D.from_config(native.get_config()).get_config() == native.get_config()
 
 
+@pytest.mark.slow
 def test_dilated_convs_sharing_an_input_still_convert_to_lce_bconv():
     # Two edges with the same dilated op read the same state: Keras's space-to-batch form of a dilated
     # conv would share one SpaceToBatchND between them and LCE would emit float CONV_2Ds.
@@ -293,6 +305,7 @@ def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
     np.testing.assert_allclose(child(x, training=False).numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bireal_child_converts_every_binary_conv_to_lce_bconv(tmp_path):
     child = build_child(BIREAL, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
     _trained_like(child)

@@ -6,7 +6,6 @@ import os
 import pytest
 from absl import flags
 
-import tfbnas  # noqa: F401
 from tfbnas import data, flags as tflags
 from tfbnas.models import build_child
 from tfbnas.search.run_search import SearchConfig
@@ -43,7 +42,12 @@ def test_the_shipped_configs_are_found():
                                                      "smoke.flags"}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+# the two largest Childs take ~10 and ~20 s to build on 2 cores
+LARGE = {"cifar.flags", "imagenet.flags"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=os.path.basename(p), marks=[pytest.mark.slow] *
+                                               (os.path.basename(p) in LARGE)) for p in CONFIGS])
 def test_config_parses_and_builds_its_child(parsed, path):
     values = parsed(path)
     search = SearchConfig.from_flags(values)

@@ -15,6 +15,7 @@ import larq as lq
 import pytest
 import tensorflow as tf
 
+from conftest import BackgroundRun
 from tfbnas.deploy import DeployError, benchmark as bench, convert as dc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,6 +101,7 @@ def test_parse_benchmark_output_both_formats(models):
         bench.parse_benchmark_output("ERROR: Could not open 'x.tflite'.\nBenchmarking failed.")
 
 
+@pytest.mark.slow
 def test_cli_host(models, tmp_path):
     out = tmp_path / "b.json"
     result = subprocess.run([sys.executable, CLI, models["binary"], "--runs=5", "--warmup=2", "--threads=1",
@@ -113,9 +115,18 @@ def test_cli_host(models, tmp_path):
     assert "| indirect_bgemm |" in result.stdout and "| indirect_bgemm |" in (tmp_path / "b.md").read_text()
 
 
-def test_cli_missing_model_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, CLI, str(tmp_path / "nope.tflite")], capture_output=True, text=True,
-                            timeout=300)
+# The program pays TensorFlow's import: it runs beside the in-process tests (conftest.BackgroundRun).
+MISSING_MODEL_RUN = BackgroundRun(__name__, "missing_model_run", "benchmark-missing-model",
+                                  lambda folder: [sys.executable, CLI, str(folder / "nope.tflite")])
+
+
+@pytest.fixture
+def missing_model_run():
+    return MISSING_MODEL_RUN.result()[0]
+
+
+def test_cli_missing_model_is_one_line(missing_model_run):
+    result = missing_model_run
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("benchmark.py: error: model file not found")
@@ -210,6 +221,7 @@ def sshd(tmp_path):
     server.wait(timeout=10)
 
 
+@pytest.mark.slow
 def test_ssh_board_benchmark(models, sshd, tmp_path):
     fake = write_fake_board(str(tmp_path / "local"))  # a local file: copied to the board by scp
     remote = tmp_path / "board"
@@ -239,6 +251,7 @@ def test_ssh_board_benchmark(models, sshd, tmp_path):
     assert f"lce_benchmark_model @ {sshd['destination']}" in result.stdout
 
 
+@pytest.mark.slow
 def test_local_benchmark_tool(models, tmp_path):
     fake = write_fake_board(str(tmp_path))
     rows = bench.benchmark_board(models["binary"], binary=fake, paths=("indirect_bgemm",), runs=4, warmup=1)

@@ -1,6 +1,7 @@
 """Deploy conversion: a small Larq model trained on real Fashion-MNIST → LCE flatbuffer, parity, reports, errors."""
 
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import BackgroundRun
 from tfbnas import data
 from tfbnas.deploy import DeployError, ParityError, convert as dc, flatbuffer as fbs, parity as par
 
@@ -37,13 +39,14 @@ def small_binary_model(width: int = 64, seed: int = 0) -> tf.keras.Model:
 
 
 @pytest.fixture(scope="module")
-def fmnist():
-    return data.load_arrays("fashion_mnist")
+def fmnist(fashion_arrays):
+    return fashion_arrays
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fmnist):
-    """The small model after one short epoch (6000 real training images), saved as .keras."""
+    """The small model after one short epoch (6000 real training images), saved as .keras. (With the
+    conversion below, ~20 s on 2 cores: the tests of the trained model are marked slow.)"""
     (x, y), _ = fmnist
     info = data.dataset_info("fashion_mnist")
     model = small_binary_model()
@@ -79,6 +82,7 @@ def analyzer_histogram(flatbuffer: bytes) -> dict:
     return counts
 
 
+@pytest.mark.slow
 def test_every_binary_conv_becomes_lce_bconv2d(converted):
     out, report = converted
     with open(out, "rb") as f:
@@ -95,6 +99,7 @@ def test_every_binary_conv_becomes_lce_bconv2d(converted):
     assert report["flatbuffer"]["size_bytes"] == os.path.getsize(out)
 
 
+@pytest.mark.slow
 def test_parity_is_exact_on_real_test_images(converted):
     _, report = converted
     p = report["parity"]
@@ -106,6 +111,7 @@ def test_parity_is_exact_on_real_test_images(converted):
     assert "0.286" in p["preprocess"]  # tfbnas models take (x/255 - mean) / std inputs
 
 
+@pytest.mark.slow
 def test_reports_next_to_the_output(converted):
     out, report = converted
     stem = os.path.splitext(out)[0]
@@ -118,6 +124,7 @@ def test_reports_next_to_the_output(converted):
     assert "| LceBconv2d | 3 | binary |" in markdown and "top-1 agreement" in markdown
 
 
+@pytest.mark.slow
 def test_binary_parts_are_at_most_a_tenth_of_float(converted):
     out, report = converted
     ref = report["float_reference"]
@@ -129,10 +136,11 @@ def test_binary_parts_are_at_most_a_tenth_of_float(converted):
     assert float_ops["CONV_2D"] == 1 + NUM_BINARY_CONVS
 
 
+@pytest.mark.slow
 def test_cost_fields_when_cost_model_is_present(converted):
     _, report = converted
     try:
-        import tfbnas.cost  # noqa: F401
+        importlib.import_module("tfbnas.cost")
     except ImportError:
         assert report["cost"] is None and "not available" in report["cost_note"]
         return
@@ -141,6 +149,7 @@ def test_cost_fields_when_cost_model_is_present(converted):
     assert cost["ops"] == pytest.approx(cost["bops"] / 64 + cost["flops"])
 
 
+@pytest.mark.slow
 def test_parity_detects_a_different_model(trained, fmnist):
     model = dc.load_keras_model(trained)
     flatbuffer = dc.convert_keras(model)
@@ -228,6 +237,7 @@ def test_binary_kernel_without_input_quantizer_is_refused():
     assert "input_quantizer" in issues[0].fix
 
 
+@pytest.mark.slow
 def test_int8_io_needs_quantisation_statistics(trained, tmp_path):
     model = dc.load_keras_model(trained)
     with pytest.raises(DeployError, match="int8-quantised model"):
@@ -248,6 +258,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(trained, tmp_path):
     out = str(tmp_path / "cli" / "child.tflite")
     result = run_cli(f"--model={trained}", f"--output={out}", "--parity_examples=256", "--dataset=fashion_mnist",
@@ -261,18 +272,35 @@ def test_cli_end_to_end(trained, tmp_path):
         assert json.load(f)["parity"]["agreement"] == 1.0
 
 
-@pytest.mark.parametrize("case", ["missing", "not_keras"])
-def test_cli_errors_are_one_line(tmp_path, case):
-    model = tmp_path / "model.keras"
+def _bad_model_command(folder, case):
+    model = folder / "model.keras"
     if case == "not_keras":
         model.write_bytes(b"\x00\x01 not a model")
-    result = run_cli(f"--model={model}", f"--output={tmp_path / 'o.tflite'}")
+    return [sys.executable, os.path.join(REPO, "deploy", "convert.py"), f"--model={model}",
+            f"--output={folder / 'o.tflite'}"]
+
+
+# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
+for _case in ("missing", "not_keras"):
+    BackgroundRun(__name__, "bad_model_run", f"convert-{_case}", lambda folder, c=_case: _bad_model_command(folder, c),
+                  param=_case)
+
+
+@pytest.fixture
+def bad_model_run(request):
+    return BackgroundRun.for_test(request)[0]
+
+
+@pytest.mark.parametrize("case", ["missing", "not_keras"])
+def test_cli_errors_are_one_line(case, bad_model_run):
+    result = bad_model_run
     assert result.returncode == 1
     ours = [line for line in result.stderr.splitlines() if line.startswith("convert.py:")]
     assert len(ours) == 1 and ours[0] == result.stderr.strip().splitlines()[-1]
     assert ("model file not found" if case == "missing" else "is not a Keras model") in ours[0]
 
 
+@pytest.mark.slow
 def test_stripped_names_keep_the_graph_and_shrink_the_file(trained, converted, tmp_path):
     out, report = converted  # the default strips names
     assert report["names_stripped"]

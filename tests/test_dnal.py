@@ -1,16 +1,17 @@
 """DNAL: scaled-sigmoid gates, gate insertion, exact pruning, the four stages on Fashion-MNIST, LCE."""
 
 import importlib.util
+import json
+import sys
 
-import numpy as np
-import pytest
-
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
 import larq as lq
 import larq_compute_engine as lce
+import numpy as np
+import pytest
 import tensorflow as tf
 
-from tfbnas.data import KNOWN_DATASETS, load_arrays, normalize_numpy
+from conftest import BackgroundRun
+from tfbnas.data import KNOWN_DATASETS, normalize_numpy
 from tfbnas.deploy.flatbuffer import op_histogram
 from tfbnas.width import WidthSearchError
 from tfbnas.width.dnal import (ChannelGate, DeltaSchedule, PruneError, example_cnn, finetune, gate_layers,
@@ -209,8 +210,8 @@ def test_bad_models_get_one_clear_error():
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    (x, y), (xt, yt) = load_arrays("fashion_mnist")
+def fashion(fashion_arrays):
+    (x, y), (xt, yt) = fashion_arrays
     rng = np.random.default_rng(0)
     info = KNOWN_DATASETS["fashion_mnist"]
     i = rng.choice(len(x), 4000, replace=False)
@@ -221,6 +222,7 @@ def fashion():
 MARGIN = 0.03  # finetuned pruned model: at most 3 points below the unpruned model
 
 
+@pytest.mark.slow
 def test_dnal_removes_channels_and_keeps_accuracy_on_fashion_mnist(fashion):
     (x, y), (xt, yt) = fashion
     tf.keras.utils.set_random_seed(0)
@@ -252,6 +254,7 @@ def test_dnal_removes_channels_and_keeps_accuracy_on_fashion_mnist(fashion):
 # ------------------------------------------------------------------------------------- deployment
 
 
+@pytest.mark.slow
 def test_pruned_binary_model_converts_with_lce():
     rng = np.random.default_rng(7)
     model = example_cnn("resnet", widths=(8, 16, 32), binary=True)
@@ -265,6 +268,7 @@ def test_pruned_binary_model_converts_with_lce():
     assert ops.get("CONV_2D", 0) == 1  # the real stem conv
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tfbnas.models") is None, reason="tfbnas.models is not available")
 def test_tiny_child_prunes_exactly_and_converts():
     from tfbnas.models import build_child
@@ -287,19 +291,22 @@ def test_tiny_child_prunes_exactly_and_converts():
     assert ops.get("LceBconv2d", 0) == _n_quant_convs(pruned) > 0
 
 
-def test_cli_dnal_writes_widths_table_and_pruned_model(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
+# The command-line run starts beside the in-process tests (conftest.BackgroundRun).
+CLI_RUN = BackgroundRun(__name__, "cli_run", "width-dnal", lambda folder: [
+    sys.executable, "-m", "tfbnas.width", "--method=dnal", "--model=example:binary_vgg", "--train_examples=512",
+    "--test_examples=256", "--weight_epochs=1", "--gate_epochs=1", "--finetune_epochs=1", "--lambda_a=3e-3",
+    f"--output_dir={folder / 'run'}"])
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "tfbnas.width", "--method=dnal", "--model=example:binary_vgg",
-                           "--train_examples=512", "--test_examples=256", "--weight_epochs=1", "--gate_epochs=1",
-                           "--finetune_epochs=1", "--lambda_a=3e-3", f"--output_dir={out}"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": repo}, cwd=repo,
-                          timeout=600)
+
+@pytest.fixture(scope="module")
+def cli_run():
+    result, folder = CLI_RUN.result()
+    return result, folder / "run"
+
+
+@pytest.mark.slow
+def test_cli_dnal_writes_widths_table_and_pruned_model(cli_run):
+    proc, out = cli_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.load(open(out / "widths.json"))
     pruned = tf.keras.models.load_model(out / "pruned.keras")

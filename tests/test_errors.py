@@ -2,15 +2,12 @@
 
 import ast
 import inspect
-import os
-import subprocess
 import sys
 
 import pytest
 
+from conftest import BackgroundRun
 from tfbnas import errors
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ERROR_TYPES = [value for value in vars(errors).values() if inspect.isclass(value) and issubclass(value, Exception)]
 
@@ -55,17 +52,33 @@ flags.run(main, prog="prog")
 """
 
 
-@pytest.mark.parametrize("error, code", [("ConfigError", 2), ("ParityError", 1), ("DatasetNotFoundError", 1)])
-def test_the_wrapper_prints_one_line_and_exits_with_the_errors_code(error, code):
-    result = subprocess.run([sys.executable, "-c", PROGRAM, error], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+CASES = [("ConfigError", 2), ("ParityError", 1), ("DatasetNotFoundError", 1)]
+BUG = PROGRAM.replace('getattr(errors, argv[1])("what went wrong; how to fix it")', "KeyError('bug')")
+# Each program pays TensorFlow's import: they run beside the in-process tests (conftest.BackgroundRun).
+for _error, _code in CASES:
+    BackgroundRun(__name__, "program", f"wrapper-{_error}", lambda _, e=_error: [sys.executable, "-c", PROGRAM, e],
+                  param=f"{_error}-{_code}")
+BackgroundRun(__name__, "bug_program", "wrapper-bug", lambda _: [sys.executable, "-c", BUG, "x"])
+
+
+@pytest.fixture
+def program(request):
+    return BackgroundRun.for_test(request)[0]
+
+
+@pytest.fixture
+def bug_program(request):
+    return BackgroundRun.for_test(request)[0]
+
+
+@pytest.mark.parametrize("error, code", CASES)
+def test_the_wrapper_prints_one_line_and_exits_with_the_errors_code(error, code, program):
+    result = program
     assert result.returncode == code, result.stderr[-2000:]
     ours = [line for line in result.stderr.splitlines() if "prog" in line or "Traceback" in line]
     assert ours == ["prog: error: what went wrong; how to fix it"] == result.stderr.strip().splitlines()[-1:]
 
 
-def test_an_unexpected_exception_still_shows_its_traceback():
-    program = PROGRAM.replace('getattr(errors, argv[1])("what went wrong; how to fix it")', "KeyError('bug')")
-    result = subprocess.run([sys.executable, "-c", program, "x"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+def test_an_unexpected_exception_still_shows_its_traceback(bug_program):
+    result = bug_program
     assert result.returncode == 1 and "Traceback" in result.stderr and "KeyError: 'bug'" in result.stderr

@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
+from conftest import BackgroundRun
 from tfbnas.width import WidthSearchError
 from tfbnas.width.channel_bench import (CHANNEL_BENCH_ENV, GRID, LAYER_NAMES, ChannelBenchMacro, default_table_path,
                                         macro_flops, macro_params)
@@ -143,6 +145,7 @@ def _search(bench, method, seed, budget, queries, directory):
     return bench.accuracy(widths), bench.rank(widths, budget)
 
 
+@pytest.mark.slow
 def test_evolution_beats_random_search_on_the_benchmark(bench, tmp_path):
     budget, queries, seeds = bench.median_flops(), 100, range(10)
     evo = [_search(bench, "evolution", s, budget, queries, str(tmp_path)) for s in seeds]
@@ -156,16 +159,23 @@ def test_evolution_beats_random_search_on_the_benchmark(bench, tmp_path):
     assert np.mean([r for _, r in evo]) < np.mean([r for _, r in rnd])
 
 
-def test_cli_benchmark_mode_writes_widths_table_and_model(bench, tmp_path):
-    import subprocess
-    import sys
+# The first call starts beside the in-process tests (conftest.BackgroundRun); it finds the table as `bench` does.
+CLI_RUN = BackgroundRun(__name__, "cli_run", "width-bench", lambda folder: [
+    sys.executable, "-m", "tfbnas.width", "--method=bcnet", "--benchmark=channel_bench_macro_mobilenet",
+    "--max_trials=30", f"--output_dir={folder / 'run'}"])
 
-    out = tmp_path / "run"
+
+@pytest.fixture(scope="module")
+def cli_run():
+    result, folder = CLI_RUN.result()
+    return result, folder / "run"
+
+
+@pytest.mark.slow
+def test_cli_benchmark_mode_writes_widths_table_and_model(bench, cli_run):
+    proc, out = cli_run
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": repo, CHANNEL_BENCH_ENV: bench.path}
-    proc = subprocess.run([sys.executable, "-m", "tfbnas.width", "--method=bcnet",
-                           "--benchmark=channel_bench_macro_mobilenet", "--max_trials=30", f"--output_dir={out}"],
-                          capture_output=True, text=True, env=env, cwd=repo, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.load(open(out / "widths.json"))
     widths = tuple(row["multiplier"] for row in summary["widths"])
@@ -180,11 +190,15 @@ def test_cli_benchmark_mode_writes_widths_table_and_model(bench, tmp_path):
     assert json.load(open(out / "widths.json"))["found"] == summary["found"]
 
 
-def test_cli_rejects_missing_method(tmp_path):
-    import subprocess
-    import sys
+NO_METHOD_RUN = BackgroundRun(__name__, "no_method_run", "width-no-method",
+                              lambda folder: [sys.executable, "-m", "tfbnas.width", f"--output_dir={folder}"])
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "tfbnas.width", f"--output_dir={tmp_path}"], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": repo}, cwd=repo, timeout=120)
+
+@pytest.fixture
+def no_method_run():
+    return NO_METHOD_RUN.result()[0]
+
+
+def test_cli_rejects_missing_method(no_method_run):
+    proc = no_method_run
     assert proc.returncode == 2 and "--method" in proc.stderr

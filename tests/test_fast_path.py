@@ -98,9 +98,14 @@ def assert_close(a, b, what, tolerance=2e-4):
     np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * scale, err_msg=what)
 
 
-@pytest.mark.parametrize("preset, group_policy", [("dcp", "lce"), ("bats", "lce"), ("bats", 2), ("bireal", "lce")],
-                         ids=["dcp", "bats", "bats-grouped", "bireal"])
-@pytest.mark.parametrize("binary", [True, False], ids=["child", "parent"])
+PRESETS_OF_CASES = {"dcp": ("dcp", "lce"), "bats": ("bats", "lce"), "bats-grouped": ("bats", 2),
+                    "bireal": ("bireal", "lce")}
+FAST_CASE = "child-dcp"  # each case takes ~10-40 s on 2 cores: the fast tier keeps the dcp Child's
+
+
+@pytest.mark.parametrize("preset, group_policy, binary", [
+    pytest.param(*case, binary, id=f"{mode}-{name}", marks=[pytest.mark.slow] * (f"{mode}-{name}" != FAST_CASE))
+    for binary, mode in ((True, "child"), (False, "parent")) for name, case in PRESETS_OF_CASES.items()])
 def test_fused_equals_plain(preset, group_policy, binary):
     fused, plain, pairs = build_pair(preset, group_policy)
     assert covered_fraction(fused, pairs) == 1.0
@@ -248,6 +253,7 @@ def test_fast_factorized_reduce_equals_plain(binary):
             assert_close(a, b, "gradient")
 
 
+@pytest.mark.slow
 def test_dcp_train_step_fused_equals_plain():
     """One whole dcp step (Parent phase, GGN micro-batches, decoupled correction, weight phase) updates
     the fused and the plain supernets alike."""

@@ -1,16 +1,14 @@
 """``tfbnas.quantizers``: the one rule for which quantizers are 1-bit, and the users that must agree with it."""
 
-import tfbnas  # noqa: F401  (must precede any tensorflow import)
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import larq as lq  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from tfbnas.cost import model_cost  # noqa: E402
-from tfbnas.deploy.convert import binarization_issues, expected_binary_convs  # noqa: E402
-from tfbnas.quantizers import HardTanh, is_sign_quantizer, quantizer_bits  # noqa: E402
-from tfbnas.space.ops import binary_conv_layers  # noqa: E402
+from tfbnas.cost import model_cost
+from tfbnas.deploy.convert import binarization_issues, expected_binary_convs
+from tfbnas.quantizers import HardTanh, is_sign_quantizer, quantizer_bits
+from tfbnas.space.ops import binary_conv_layers
 
 # (quantizer in one of the forms larq accepts, bits of its output, whether LCE bit-packs it)
 CASES = [

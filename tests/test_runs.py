@@ -1,14 +1,12 @@
 """``tfbnas.runs``: run folders and their atomic JSON records."""
 
-import tfbnas  # noqa: F401  (must precede any tensorflow import)
+import json
+import os
 
-import json  # noqa: E402
-import os  # noqa: E402
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from tfbnas.runs import RunDirError, append_rows, make_run_dir, read_rows, write_json, write_rows  # noqa: E402
+from tfbnas.runs import RunDirError, append_rows, make_run_dir, read_rows, write_json, write_rows
 
 
 def test_write_json_turns_numpy_into_numbers_and_other_objects_into_text(tmp_path):

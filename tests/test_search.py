@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfbnas.search.strategies import Dcp, kl_divergence, rank_mask
+from tfbnas.search.strategies import Dcp, kl_divergence, make_strategy, rank_mask
 
-from search_helpers import make_engine, search_batch, snapshot
+from search_helpers import config, first_step, make_engine, search_batch, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def test_arch_phase_changes_only_architecture_and_weight_phase_only_weights(batc
     assert sum(changed(w1, weights)) > 0.9 * len(weights)
 
 
+@pytest.mark.slow
 def test_darts_train_step_runs_under_fit_and_reports_losses(batch):
     engine = make_engine("darts")
     ds = tf.data.Dataset.from_tensors(batch).repeat(2)
@@ -41,9 +42,9 @@ def test_darts_train_step_runs_under_fit_and_reports_losses(batch):
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.slow
 def test_dcp_terms_are_nonzero_and_each_switch_removes_its_term(batch):
-    full = make_engine("dcp")
-    logs = {k: float(v) for k, v in full.train_step(batch).items()}
+    full, logs = first_step("dcp")
     for term in ("w_kl", "tangent", "tangent_ratio", "decoupled", "decoupled_ratio", "parent_val_ce", "parent_ce"):
         assert term in logs and logs[term] > 0, (term, logs)
     assert "arch_kl" not in logs  # the KL is in the weight objective only, unless --dcp_kl_arch
@@ -51,18 +52,21 @@ def test_dcp_terms_are_nonzero_and_each_switch_removes_its_term(batch):
     assert logs["psi_grad"] == 0
     assert float(full.train_step(batch)["psi_grad"]) > 0
 
-    kl_arch = {k: float(v) for k, v in make_engine("dcp", dcp_kl_arch=True).train_step(batch).items()}
+    _, kl_arch = first_step("dcp", dcp_kl_arch=True)
     assert kl_arch["arch_kl"] > 0 and kl_arch["w_kl"] > 0
-    no_kl = {k: float(v) for k, v in make_engine("dcp", dcp_kl=False, dcp_kl_arch=True).train_step(batch).items()}
+    _, no_kl = first_step("dcp", dcp_kl=False, dcp_kl_arch=True)
     assert "arch_kl" not in no_kl and "w_kl" not in no_kl and no_kl["tangent"] > 0
-    no_tangent = {k: float(v) for k, v in make_engine("dcp", dcp_tangent=False).train_step(batch).items()}
+    _, no_tangent = first_step("dcp", dcp_tangent=False)
     assert "tangent" not in no_tangent and "tangent_ratio" not in no_tangent and no_tangent["w_kl"] > 0
-    no_decoupled = {k: float(v) for k, v in make_engine("dcp", dcp_decoupled=False).train_step(batch).items()}
+    _, no_decoupled = first_step("dcp", dcp_decoupled=False)
     assert "decoupled" not in no_decoupled and "decoupled_ratio" not in no_decoupled and no_decoupled["tangent"] > 0
-    assert make_engine("dcp").strategy.arch_micro_batches() == 1  # H = I by default: one tape
-    assert make_engine("dcp", dcp_ggn=True).strategy.arch_micro_batches() == 2
+    assert full.strategy.arch_micro_batches() == 1  # H = I by default: one tape
+    # --dcp_ggn: the strategy build_search makes of the flags takes --dcp_ggn_samples=2 micro-batches
+    ggn = config("dcp", dcp_ggn=True)
+    assert make_strategy("dcp", ggn.search_epochs, **ggn.strategy_kwargs()).arch_micro_batches() == 2
 
 
+@pytest.mark.slow
 def test_dcp_inheritance_switch(batch):
     engine = make_engine("dcp", dcp_inherit_weights=True)
     engine.strategy.on_epoch_begin(engine, 0)

@@ -10,12 +10,36 @@ import time
 
 import numpy as np
 import pytest
+from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, BackgroundRun
+from tfbnas import flags as tflags
+from tfbnas.errors import RunDirError
+
 SEARCH = [sys.executable, "-m", "tfbnas.search"]
+# The smoke search with one node per cell (half the traced step of two nodes); 8 steps per epoch leave
+# time to kill the run inside epoch 2.
+SMOKE = ["--flagfile=configs/smoke.flags", "--nodes=1"]
+# The tiny DARTS search of the mirrored and the non-finite-loss tests.
+TINY = ["--flagfile=configs/smoke.flags", "--strategy=darts", "--init_channels=4", "--nodes=1",
+        "--train_examples=128", "--batch_size=16", "--search_epochs=2"]
+
+# Runs the tests only read once they have ended: they start beside the in-process tests (conftest.BackgroundRun).
+SMOKE_RUN = BackgroundRun(__name__, "smoke_run", "search-smoke", lambda folder: SEARCH + SMOKE + [
+    f"--output_dir={folder / 'run'}"])
+MIRRORED_RUNS = [BackgroundRun(__name__, "mirrored_runs", f"search-tiny-{kind}",
+                               lambda folder, extra=extra: SEARCH + TINY + [f"--output_dir={folder / 'run'}", *extra])
+                 for kind, extra in (("default", []), ("mirrored", ["--distribute=mirrored", "--cpu_devices=2"]))]
+NAN_RUN = BackgroundRun(__name__, "nan_run", "search-nan", lambda folder: SEARCH + TINY + [
+    f"--output_dir={folder / 'run'}", "--arch_lr=inf"])
+BAD_FLAG_RUN = BackgroundRun(__name__, "bad_flag_run", "search-bad-flag",
+                             lambda _: SEARCH + ["--flagfile=configs/smoke.flags", "--dcp_tau=1.5"])
+INDIVISIBLE_RUN = BackgroundRun(__name__, "indivisible_run", "search-indivisible", lambda folder: SEARCH + [
+    "--flagfile=configs/smoke.flags", f"--output_dir={folder / 'r'}", "--batch_size=30", "--dcp_ggn",
+    "--dcp_ggn_samples=4"])
 
 
-def run(args, timeout=900):
+def run(args, timeout=1800):
     return subprocess.run(SEARCH + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
@@ -25,13 +49,35 @@ def summary(run_dir):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "run"
-    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={out}"])
+def smoke_run():
+    result, folder = SMOKE_RUN.result()
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
+    return folder / "run", result
 
 
+@pytest.fixture(scope="module")
+def mirrored_runs():
+    """``(result, run folder)`` of the tiny search on one device and mirrored on two logical CPUs."""
+    return [(result, folder / "run") for result, folder in (run_.result() for run_ in MIRRORED_RUNS)]
+
+
+@pytest.fixture(scope="module")
+def nan_run():
+    result, folder = NAN_RUN.result()
+    return result, folder / "run"
+
+
+@pytest.fixture
+def bad_flag_run():
+    return BAD_FLAG_RUN.result()[0]
+
+
+@pytest.fixture
+def indivisible_run():
+    return INDIVISIBLE_RUN.result()[0]
+
+
+@pytest.mark.slow
 def test_smoke_search_writes_every_artefact(smoke_run):
     out, result = smoke_run
     for name in ("flags.txt", "flags.json", "genotype.json", "alphas.csv", "alphas.png", "search_history.csv",
@@ -47,21 +93,22 @@ def test_smoke_search_writes_every_artefact(smoke_run):
     history = (out / "search_history.csv").read_text().splitlines()
     assert len(history) == 3 and "param_free_ops" in history[0] and "tangent" in history[0]
     alphas = (out / "alphas.csv").read_text().splitlines()
-    assert len(alphas) == 1 + 2 * 2 * 5  # header + epochs x cell types x edges (2 nodes: 5 edges)
+    assert len(alphas) == 1 + 2 * 2 * 2  # header + epochs x cell types x edges (1 node: 2 edges)
     assert "parameter-free ops" in result.stdout  # logged each epoch
-    flags_txt = (out / "flags.txt").read_text()
-    assert "--strategy=dcp" in flags_txt and "--init_channels=8" in flags_txt
+    flags_txt = (out / "flags.txt").read_text()  # the flagfile's flags and the command line's
+    assert "--strategy=dcp" in flags_txt and "--init_channels=8" in flags_txt and "--nodes=1" in flags_txt
 
 
+@pytest.mark.slow
 def test_resume_after_kill_reproduces_the_uninterrupted_search(smoke_run, tmp_path):
     reference, _ = smoke_run
     out = tmp_path / "killed"
-    proc = subprocess.Popen(SEARCH + ["--flagfile=configs/smoke.flags", f"--output_dir={out}"], cwd=REPO,
+    proc = subprocess.Popen(SEARCH + SMOKE + [f"--output_dir={out}"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The manager writes its state file after the checkpoint's files: once it names ckpt-1, epoch 1 is
     # saved whole (the records are written before it) and the run is in epoch 2.
     state = out / "checkpoints" / "checkpoint"
-    deadline = time.time() + 600
+    deadline = time.time() + 1800
     while not (state.exists() and "ckpt-1" in state.read_text()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before it could be killed"
@@ -79,16 +126,12 @@ def test_resume_after_kill_reproduces_the_uninterrupted_search(smoke_run, tmp_pa
     assert len((out / "search_history.csv").read_text().splitlines()) == 3  # epoch rows not duplicated
 
 
-TINY = ["--flagfile=configs/smoke.flags", "--strategy=darts", "--init_channels=4", "--nodes=1",
-        "--train_examples=128", "--batch_size=16", "--search_epochs=2"]
-
-
-def test_mirrored_on_two_logical_cpus_matches_default(tmp_path):
-    default = run(TINY + [f"--output_dir={tmp_path / 'default'}"])
+@pytest.mark.slow
+def test_mirrored_on_two_logical_cpus_matches_default(mirrored_runs):
+    (default, default_dir), (mirrored, mirrored_dir) = mirrored_runs
     assert default.returncode == 0, default.stderr[-3000:]
-    mirrored = run(TINY + [f"--output_dir={tmp_path / 'mirrored'}", "--distribute=mirrored", "--cpu_devices=2"])
     assert mirrored.returncode == 0, mirrored.stderr[-3000:]
-    a, b = summary(tmp_path / "default"), summary(tmp_path / "mirrored")
+    a, b = summary(default_dir), summary(mirrored_dir)
     assert b["replicas"] == 2 and a["replicas"] == 1
     assert a["genotype"] == b["genotype"]
     for cell in ("normal", "reduce"):
@@ -104,34 +147,53 @@ def test_mirrored_on_two_logical_cpus_matches_default(tmp_path):
     (["--search_epochs=0"], "search_epochs"),
     (["--dcp_tau=1.5"], "dcp_tau"),
 ])
-def test_bad_search_flags_one_line(args, expected):
-    result = run(["--flagfile=configs/smoke.flags"] + args)
+def test_bad_search_flags_one_line(args, expected, parse_flags, capsys):
+    # the entry points' flag parser, in this process (the subprocess test below runs it as a program)
+    parse_flags()
+    with pytest.raises(SystemExit) as exit_:
+        tflags._one_line_parser(["__main__.py", "--flagfile=configs/smoke.flags"] + args)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "flag error" in lines[0] and expected in lines[0], lines
+
+
+def test_bad_search_flag_of_the_program_is_one_line(bad_flag_run):
+    result = bad_flag_run
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "flag error" in line]
-    assert len(lines) == 1 and expected in lines[0]
+    assert len(lines) == 1 and "dcp_tau" in lines[0]
 
 
-def test_unwritable_output_dir_and_indivisible_batch(tmp_path):
+def test_unwritable_output_dir_and_no_run_to_resume(tmp_path, parse_flags):
+    from tfbnas.search import run_search
+
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={blocker}/run"])
-    assert result.returncode == 1 and "cannot write the run folder" in result.stderr.splitlines()[-1]
-    result = run(["--flagfile=configs/smoke.flags", f"--output_dir={tmp_path / 'r'}", "--batch_size=30",
-                  "--dcp_ggn", "--dcp_ggn_samples=4"])
+    parse_flags("--flagfile=configs/smoke.flags", f"--output_dir={blocker}/run")
+    with pytest.raises(RunDirError, match="cannot write the run folder"):
+        run_search.main_from_flags(flags.FLAGS)
+    parse_flags(f"--resume={tmp_path / 'nothing'}")
+    with pytest.raises(RunDirError, match="no flags.json"):
+        run_search.main_from_flags(flags.FLAGS)
+    assert RunDirError.exit_code == 1
+
+
+def test_indivisible_batch_is_one_line_and_exit_2(indivisible_run):
+    # raised inside the search (after the runtime set-up), so as a program: the last stderr line, exit 2
+    result = indivisible_run
     assert result.returncode == 2 and "--batch_size=30 must divide" in result.stderr.splitlines()[-1]  # a bad value
-    result = run([f"--resume={tmp_path / 'nothing'}"])
-    assert result.returncode == 1 and "no flags.json" in result.stderr.splitlines()[-1]
 
 
-def test_non_finite_loss_stops_with_one_line_and_no_checkpoint(tmp_path):
-    out = tmp_path / "nan"
-    result = run(TINY + [f"--output_dir={out}", "--arch_lr=inf"])
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_one_line_and_no_checkpoint(nan_run):
+    result, out = nan_run
     assert result.returncode == 1
     last = result.stderr.splitlines()[-1]
     assert "non-finite" in last and "epoch 1, step 1" in last and "--resume=" in last
     assert not (out / "checkpoints" / "checkpoint").exists()
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_clear_error(smoke_run, tmp_path):
     import shutil
 

@@ -2,16 +2,20 @@
 OPs-matched random genotype and the hand-designed ResNet trained with one proxy recipe; the SUMMARY
 line, the results files, a resumed call that trains nothing, and a one-line error for a changed config."""
 
+import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import REPO, BackgroundRun
+from tfbnas.errors import ConfigError
+
 SCRIPT = [sys.executable, os.path.join(REPO, "benchmarks", "search_quality.py")]
 # The smoke search (DCP) for one step with one node per cell; the recipe: 1 epoch on 128 images, labels only
 # (--distill_alpha=0 skips the Parent phase to keep the test near 3 minutes on 2 cores).
@@ -24,23 +28,35 @@ SUMMARY = re.compile(r"^SUMMARY search-quality: searched mean 0\.\d{4} min 0\.\d
 TRAINING = re.compile(r"^\[\d+/\d+\] training ", re.M)
 
 
-def run(args, timeout=900):
-    return subprocess.run(SCRIPT + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-def rows(results):
-    with open(results / "results.jsonl") as f:
+def rows(results, name="results.jsonl"):
+    with open(results / name) as f:
         return [json.loads(line) for line in f]
 
 
+# The calls start beside the in-process tests (conftest.BackgroundRun); the later ones once the first has ended.
+FIRST = BackgroundRun(__name__, "first", "search-quality", lambda folder: SCRIPT + TINY + [
+    f"--results_dir={folder / 'results'}"])
+
+
+def _second_call(folder):
+    results = FIRST.folder / "results"
+    shutil.copy(results / "results.jsonl", folder / "rows_before.jsonl")  # the rows before the second call
+    return SCRIPT + TINY + [f"--results_dir={results}"]
+
+
+SECOND = BackgroundRun(__name__, "second", "search-quality-again", _second_call, after=FIRST)
+CHANGED = BackgroundRun(__name__, "changed", "search-quality-changed", lambda _: SCRIPT + TINY + [
+    "--random_seed=7", f"--results_dir={FIRST.folder / 'results'}"], after=FIRST)
+
+
 @pytest.fixture(scope="module")
-def first(tmp_path_factory):
-    results = tmp_path_factory.mktemp("search_quality") / "results"
-    result = run(TINY + [f"--results_dir={results}"])
+def first():
+    result, folder = FIRST.result()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return results, result
+    return folder / "results", result
 
 
+@pytest.mark.slow
 def test_full_comparison_at_tiny_size(first):
     results, result = first
     assert SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
@@ -63,10 +79,21 @@ def test_full_comparison_at_tiny_size(first):
     assert "| searched | 1 |" in markdown and "verdict: " in markdown
 
 
-def test_second_call_trains_nothing(first):
+@pytest.fixture(scope="module")
+def second():
+    return SECOND.result()
+
+
+@pytest.fixture(scope="module")
+def changed():
+    return CHANGED.result()[0]
+
+
+@pytest.mark.slow
+def test_second_call_trains_nothing(first, second):
     results, result = first
-    before = rows(results)
-    again = run(TINY + [f"--results_dir={results}"])
+    again, folder = second
+    before = rows(folder, "rows_before.jsonl")
     assert again.returncode == 0, again.stderr[-3000:]
     assert not TRAINING.search(again.stdout), again.stdout
     assert "search seed 0: finished earlier" in again.stdout
@@ -74,9 +101,8 @@ def test_second_call_trains_nothing(first):
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
 
 
-def test_changed_config_on_resume_is_one_line_exit_2(first):
-    results, _ = first
-    changed = run(TINY + ["--random_seed=7", f"--results_dir={results}"])
+@pytest.mark.slow
+def test_changed_config_on_resume_is_one_line_exit_2(first, changed):
     assert changed.returncode == 2, changed.stderr[-3000:]
     errors = [line for line in changed.stderr.splitlines() if line.startswith("search_quality.py:")]
     assert errors == [changed.stderr.strip().splitlines()[-1]]  # one line, the last (TensorFlow logs before it)
@@ -89,61 +115,87 @@ ABLATION_SUMMARY = re.compile(r"^SUMMARY dcp-ablation: reference 0\.\d{4}; retra
                               r"nodcp_tangent 0\.\d{4} \([+-]0\.\d{4}\); random mean 0\.\d{4}$")
 
 
-def ablate(args, timeout=900):
+def ablate(args, timeout=1800):
     return subprocess.run(ABLATION + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def test_ablation_searches_each_variant_with_the_reference_recipe(first, tmp_path):
+def _ablation_args(folder):
+    return [f"--reference={FIRST.folder / 'results'}", "--variants=retrain,nodcp_tangent",
+            f"--ablation_dir={folder / 'ablation'}"]
+
+
+ABLATION_RUN = BackgroundRun(__name__, "ablation_run", "dcp-ablation",
+                             lambda folder: ABLATION + _ablation_args(folder), after=FIRST)
+
+
+@pytest.fixture(scope="module")
+def ablation_run():
+    return ABLATION_RUN.result()
+
+
+@pytest.mark.slow
+def test_ablation_searches_each_variant_with_the_reference_recipe(first, ablation_run):
     results, _ = first
-    args = [f"--reference={results}", "--variants=retrain,nodcp_tangent", f"--ablation_dir={tmp_path}"]
-    result = ablate(args)
+    result, folder = ablation_run
+    args, out = _ablation_args(folder), folder / "ablation"
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert ABLATION_SUMMARY.match(result.stdout.strip().splitlines()[-1]), result.stdout[-1000:]
-    table = rows(tmp_path)
+    table = rows(out)
     assert [(r["name"], r["group"]) for r in table] == [("retrain-seed0", "retrain"),
                                                         ("nodcp_tangent-seed0", "nodcp_tangent")]
     reference = {r["name"]: r for r in rows(results)}
     assert table[0]["genotype"] == reference["searched-seed0"]["genotype"]  # retrain: the reference's genotype
-    searched = tmp_path / "nodcp_tangent" / "search_seed0"
+    searched = out / "nodcp_tangent" / "search_seed0"
     flags_used = json.loads((searched / "flags.json").read_text())
     assert flags_used["dcp_tangent"] is False and flags_used["search_steps_per_epoch"] == 1  # the reference's rest
-    assert "| nodcp_tangent | --dcp_tangent=false |" in (tmp_path / "dcp_ablation.md").read_text()
+    assert "| nodcp_tangent | --dcp_tangent=false |" in (out / "dcp_ablation.md").read_text()
     again = ablate(args)  # resumed: nothing trained or searched again
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training its Child" not in again.stdout and "searching in" not in again.stdout, again.stdout
     assert again.stdout.strip().splitlines()[-1] == result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, message", [
     ("dcp_tangnet", "'dcp_tangnet' names no tfbnas flag"),
     ("strategy", "'strategy' needs a value, e.g. strategy=dcp"),
     ("strategy=greedy", "'strategy=greedy': value should be one of"),
 ])
-def test_ablation_bad_variant_is_one_line_exit_2(first, tmp_path, variant, message):
+def test_ablation_bad_variant_fails_before_writing(first, tmp_path, variant, message, parse_flags):
+    # the benchmark's main in this process (test_ablation_needs_a_search_quality_reference runs the program:
+    # the error as its last stderr line, exit 2)
+    ablation = _benchmark_module("dcp_ablation")
     results, _ = first
-    result = ablate([f"--reference={results}", f"--variants={variant}", f"--ablation_dir={tmp_path}"], timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("dcp_ablation.py: error: --variants: ") and message in last, last
+    parse_flags(f"--reference={results}", f"--variants={variant}", f"--ablation_dir={tmp_path}")
+    with pytest.raises(ConfigError) as error:
+        ablation.main([])
+    assert error.value.exit_code == 2 and str(error.value).startswith("--variants: ") and message in str(error.value)
     assert not (tmp_path / "config.json").exists()
 
 
-def test_ablation_needs_a_search_quality_reference(tmp_path):
-    result = ablate([f"--reference={tmp_path}", f"--ablation_dir={tmp_path / 'out'}"], timeout=300)
+NO_REFERENCE_RUN = BackgroundRun(__name__, "no_reference_run", "ablation-no-reference", lambda folder: ABLATION + [
+    f"--reference={folder}", f"--ablation_dir={folder / 'out'}"])
+
+
+@pytest.fixture
+def no_reference_run():
+    return NO_REFERENCE_RUN.result()
+
+
+def test_ablation_needs_a_search_quality_reference(no_reference_run):
+    result, folder = no_reference_run
     assert result.returncode == 2, result.stderr[-3000:]
     assert "is not a search-quality run (no config.json)" in result.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "out").exists()
+    assert not (folder / "out").exists()
 
 
-def _benchmark_module():
-    """The benchmark as the module ``search_quality``: the name other benchmarks import it by, so a second
-    import in the same test process finds it in ``sys.modules`` instead of defining its flags twice."""
+def _benchmark_module(name="search_quality"):
+    """A benchmark as the module ``name`` (``search_quality``: the name other benchmarks import it by, so a
+    second import in the same test process finds it in ``sys.modules`` instead of defining its flags twice)."""
     benchmarks = os.path.join(REPO, "benchmarks")
     if benchmarks not in sys.path:
         sys.path.insert(0, benchmarks)
-    import search_quality
-
-    return search_quality
+    return importlib.import_module(name)
 
 
 def test_ops_adjusted_compares_at_equal_ops():

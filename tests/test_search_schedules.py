@@ -13,7 +13,7 @@ from tfbnas.search.callbacks import SearchRecorder, StrategySchedule, append_his
 from tfbnas.search.run_search import SearchConfig, _checkpoint
 from tfbnas.search.strategies import Bats, Darts, Dcp, make_strategy
 
-from search_helpers import make_engine, search_batch, snapshot
+from search_helpers import first_step, make_engine, search_batch, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,8 @@ def test_temperature_schedule_is_applied_to_child_and_parent_under_dcp():
 # ---------------------------------------------------------------- warm-up
 
 
-@pytest.mark.parametrize("strategy", ["darts", "bats", "dcp"])
+@pytest.mark.parametrize("strategy", ["darts", pytest.param("bats", marks=pytest.mark.slow),
+                                      pytest.param("dcp", marks=pytest.mark.slow)])
 def test_warmup_epoch_leaves_child_and_parent_alphas_unchanged(batch, strategy):
     engine = make_engine(strategy, arch_frozen_epochs=1)
     callback = schedule(engine)
@@ -102,6 +103,7 @@ def test_warmup_epoch_leaves_child_and_parent_alphas_unchanged(batch, strategy):
 # ---------------------------------------------------------------- Algorithm 10
 
 
+@pytest.mark.slow
 def test_child_takes_the_parent_architecture_at_epoch_begin(batch):
     engine = make_engine("dcp")
     callback = schedule(engine)
@@ -134,6 +136,7 @@ def test_child_takes_the_parent_architecture_at_epoch_begin(batch):
     np.testing.assert_allclose(_cat(snapshot(engine.child.arch_variables)), _cat(parent), rtol=0, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_without_arch_from_parent_only_the_parent_takes_the_child_architecture(batch):
     engine = make_engine("dcp", dcp_arch_from_parent=False)
     callback = schedule(engine)
@@ -173,6 +176,7 @@ def dcp_engine(tmp_path_factory, batch):
     return engine, (checkpoint, checkpoint.write(str(tmp_path_factory.mktemp("dcp") / "state")))
 
 
+@pytest.mark.slow
 def test_tangent_term_changes_the_architecture_update(dcp_engine, batch):
     engine, checkpoint = dcp_engine
     with_tangent, logs = _arch_update(engine, batch, checkpoint, tangent_weight=0.5)
@@ -186,6 +190,7 @@ def test_tangent_term_changes_the_architecture_update(dcp_engine, batch):
     engine.strategy.tangent_weight = 0.5
 
 
+@pytest.mark.slow
 def test_decoupled_correction_changes_the_architecture_update(dcp_engine, batch):
     engine, checkpoint = dcp_engine
     with_correction, logs = _arch_update(engine, batch, checkpoint, decoupled_weight=0.5)
@@ -200,6 +205,7 @@ def test_decoupled_correction_changes_the_architecture_update(dcp_engine, batch)
     engine.strategy.decoupled_weight = 0.5
 
 
+@pytest.mark.slow
 def test_literal_terms_are_numerically_inert(dcp_engine, batch):
     """The issue's measurement, kept as a regression: the book's literal scales barely move the update."""
     engine, checkpoint = dcp_engine
@@ -219,20 +225,21 @@ def test_literal_terms_are_numerically_inert(dcp_engine, batch):
             setattr(engine.strategy, k, v)
 
 
-def test_ratios_are_logged_only_when_their_component_is_on(batch):
+@pytest.mark.slow
+def test_ratios_are_logged_only_when_their_component_is_on():
     for overrides, present, absent in (
             ({}, ("tangent_ratio", "tangent_perp_ratio", "decoupled_ratio"), ()),
             ({"dcp_tangent": False}, ("decoupled_ratio",), ("tangent_ratio", "tangent_perp_ratio")),
             ({"dcp_decoupled": False}, ("tangent_ratio",), ("decoupled_ratio", "psi_mean")),
             ({"strategy": "darts"}, (), ("tangent_ratio", "decoupled_ratio"))):
-        engine = make_engine(**{"strategy": "dcp", **overrides})
-        logs = floats(engine.train_step(batch))
+        _, logs = first_step(**{"strategy": "dcp", **overrides})  # the first step of a fresh engine
         for key in present:
             assert math.isfinite(logs[key]) and logs[key] > 0, (overrides, key, logs)
         for key in absent:
             assert key not in logs, (overrides, key)
 
 
+@pytest.mark.slow
 def test_ratios_reach_the_epoch_history_as_epoch_means(batch, tmp_path):
     engine = make_engine("dcp")
     manager = tf.train.CheckpointManager(_checkpoint(engine), str(tmp_path / "checkpoints"), max_to_keep=1)

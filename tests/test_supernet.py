@@ -178,6 +178,7 @@ def test_shared_binarisation_matches_per_op_binarisation():
     np.testing.assert_allclose(shared, per_op, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_runs_inside_tf_function():
     model = SuperNet(num_classes=10, init_channels=8, num_cells=3, nodes=1, preset="bats")
     x, y = _images((32, 32, 3), batch=2), tf.constant([3, 5])

@@ -6,7 +6,6 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
 from tfbnas.width import WidthSearchError
 from tfbnas.width.evolution import RandomWidthOracle, WidthSpace, WidthTuner, run_width_search
 from tfbnas.width.surrogate import AdditiveSurrogate, SurrogateWidthOracle

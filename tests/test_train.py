@@ -24,8 +24,8 @@ CE = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    (x, y), (xt, yt) = data.load_arrays("fashion_mnist")
+def fashion(fashion_arrays):
+    (x, y), (xt, yt) = fashion_arrays
     return (data.normalize_numpy(x[:3000], INFO), y[:3000]), (data.normalize_numpy(xt[:1000], INFO), yt[:1000])
 
 
@@ -47,6 +47,7 @@ def tiny_child(binary=True, genotype=None):
 # ------------------------------------------------------------------------------------------ Distiller
 
 
+@pytest.mark.slow
 def test_distiller_trains_the_student_on_fashion_mnist_and_never_touches_the_teacher(fashion):
     (x, y), (xt, yt) = fashion
     tf.keras.utils.set_random_seed(1)

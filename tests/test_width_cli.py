@@ -1,28 +1,45 @@
 """``python -m tfbnas.width`` for BCNet: the search choice, flag errors, and the final-training protocol."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
-import tfbnas  # noqa: F401  (Keras 2 before TensorFlow)
+from conftest import BackgroundRun
 from tfbnas.width.channel_bench import MAX_WIDTHS, macro_channels
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIDTH = [sys.executable, "-m", "tfbnas.width", "--method=bcnet"]
+
+# Every program of this file runs beside the in-process tests (conftest.BackgroundRun).
+SCRATCH_RUN = BackgroundRun(__name__, "scratch_run", "width-bcnet-scratch", lambda folder: WIDTH + [
+    "--train_examples=500", "--test_examples=100", "--eval_examples=100", "--recalibrate_examples=100",
+    "--supernet_epochs=0", "--max_trials=2", "--final_training=scratch", "--finetune_epochs=1",
+    f"--output_dir={folder / 'run'}"])
 
 
-def run_width(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "tfbnas.width", "--method=bcnet", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def scratch_run():
+    result, folder = SCRATCH_RUN.result()
+    return result, folder / "run"
 
 
-@pytest.mark.parametrize("search, trials", [("surrogate", 20), (None, 5)])
-def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_path):
-    out = tmp_path / "run"
-    args = ["--benchmark=channel_bench_macro_mobilenet", f"--max_trials={trials}", f"--output_dir={out}"]
-    result = run_width(*args + ([f"--search={search}"] if search else []))
+SEARCHES = [("surrogate", 20), (None, 5)]
+for _search, _trials in SEARCHES:
+    BackgroundRun(__name__, "search_run", f"width-bench-{_search}", lambda folder, s=_search, t=_trials: WIDTH + [
+        "--benchmark=channel_bench_macro_mobilenet", f"--max_trials={t}", f"--output_dir={folder / 'run'}"] + (
+        [f"--search={s}"] if s else []), param=f"{_search}-{_trials}")
+
+
+@pytest.fixture
+def search_run(request):
+    result, folder = BackgroundRun.for_test(request)
+    return result, folder / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("search, trials", SEARCHES)
+def test_benchmark_search_writes_the_found_widths(bench, search, trials, search_run):
+    result, out = search_run
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "widths.json").read_text())
     assert summary["search"] == "surrogate"  # also the default
@@ -35,26 +52,37 @@ def test_benchmark_search_writes_the_found_widths(bench, search, trials, tmp_pat
     assert (out / "search" / "surrogate_seed0" / "oracle.json").exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--benchmark=channel_bench_macro_mobilenet", "--population_size=8"], "--search=evolution"),
-    (["--search=random", "--initial_population=uniform"], "--search=evolution"),
-    (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # scratch needs epochs to train
-])
-def test_bad_bcnet_flags_give_one_error_line_before_any_work(args, expected, tmp_path):
-    result = run_width(*args, f"--output_dir={tmp_path / 'run'}", timeout=120)
+BAD_FLAGS = {
+    "population_size": (["--benchmark=channel_bench_macro_mobilenet", "--population_size=8"], "--search=evolution"),
+    "initial_population": (["--search=random", "--initial_population=uniform"], "--search=evolution"),
+    "finetune_epochs": (["--final_training=scratch", "--finetune_epochs=0"], "--finetune_epochs"),  # needs epochs
+}
+for _case, (_args, _) in BAD_FLAGS.items():
+    BackgroundRun(__name__, "bad_flags_run", f"width-{_case}",
+                  lambda folder, a=_args: WIDTH + a + [f"--output_dir={folder / 'run'}"], param=_case)
+
+
+@pytest.fixture
+def bad_flags_run(request):
+    result, folder = BackgroundRun.for_test(request)
+    return result, folder / "run"
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_bcnet_flags_give_one_error_line_before_any_work(case, bad_flags_run):
+    result, out = bad_flags_run
+    expected = BAD_FLAGS[case][1]
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower() and expected in line]
     assert len(lines) == 1, result.stderr[-2000:]
-    assert not (tmp_path / "run").exists()
+    assert not out.exists()
 
 
-def test_bcnet_trains_the_found_widths_from_scratch(tmp_path):
+@pytest.mark.slow
+def test_bcnet_trains_the_found_widths_from_scratch(scratch_run):
     import tensorflow as tf
 
-    out = tmp_path / "run"
-    result = run_width("--train_examples=500", "--test_examples=100", "--eval_examples=100",
-                       "--recalibrate_examples=100", "--supernet_epochs=0", "--max_trials=2",
-                       "--final_training=scratch", "--finetune_epochs=1", f"--output_dir={out}")
+    result, out = scratch_run
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "widths.json").read_text())
     assert summary["final_training"] == "scratch" and summary["final_epochs"] == 1

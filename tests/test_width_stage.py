@@ -1,18 +1,12 @@
 """The main job's width stage: per-cell widths from DNAL gate scores under an OPs budget (the stage end to end,
 with its resume, runs inside ``test_cli.py``'s main-job test)."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-import tfbnas  # noqa: F401
+from tfbnas import flags as tflags
 from tfbnas.width import WidthSearchError
 from tfbnas.width.stage import WidthStageConfig, cell_scores, cell_widths, widths_for_budget
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_budget_threshold_is_the_smallest_that_fits():
@@ -83,9 +77,11 @@ def test_bad_settings(field, value, message):
         WidthStageConfig(**{field: value}).check()
 
 
-def test_bad_budget_flag_is_one_line_and_exit_2():
-    result = subprocess.run([sys.executable, "-m", "tfbnas.run", "--width=dnal", "--width_budget=0"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if "flag error" in line]
-    assert len(lines) == 1 and "--width_budget must be in (0, 1]" in lines[0], result.stderr[-2000:]
+def test_bad_budget_flag_is_one_line_and_exit_2(parse_flags, capsys):
+    # the main job's flag parser in this process (test_cli.py runs it as a program: the same one line)
+    parse_flags()
+    with pytest.raises(SystemExit) as exit_:
+        tflags._one_line_parser(["run.py", "--width=dnal", "--width_budget=0"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "flag error" in lines[0] and "--width_budget must be in (0, 1]" in lines[0], lines
