@@ -16,7 +16,8 @@ Exit codes (the same for ``python -m tfbnas.run``, ``tfbnas.search``, ``tfbnas.t
 0     done
 1     the command line is fine but what it points to is not: a missing dataset, an unwritable
       or foreign run folder, a malformed genotype, a model file that does not load, a corrupt
-      checkpoint, a diverged search, a layer LCE cannot binarise, a parity failure
+      checkpoint, a diverged search, a lost worker of a multi-worker run, a layer LCE cannot
+      binarise, a parity failure
 2     the command line is wrong: an unknown flag, a bad value, a missing flagfile, flags that
       do not go together (:class:`ConfigError`)
 130   interrupted (Ctrl-C); the run folder stays resumable with ``--resume``
@@ -65,6 +66,10 @@ class GenotypeError(TfbnasError, ValueError):
 
 class SearchDiverged(TfbnasError, RuntimeError):
     """The search loss became NaN/Inf; the message names the step and the checkpoint to resume from."""
+
+
+class WorkerLostError(TfbnasError, RuntimeError):
+    """Another worker of a multi-worker run stopped or cannot be reached; the message says how to resume."""
 
 
 class CostModelError(TfbnasError, ValueError):

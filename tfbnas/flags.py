@@ -198,7 +198,9 @@ def define_search_flags():
     d(flags.DEFINE_float, "search_weight_decay", 3e-4, "L2 decay of real-valued supernet weights.", lower_bound=0.0)
     d(flags.DEFINE_float, "grad_clip", 5.0, "Global-norm clip of weight gradients (0: off).", lower_bound=0.0)
     d(flags.DEFINE_enum, "distribute", "default", ["default", "mirrored", "multiworker"],
-      "tf.distribute strategy: one device, all local devices, or workers from TF_CONFIG.")
+      "Search and Child training on: default (one device), mirrored (every local GPU, or the --cpu_devices "
+      "logical CPUs) or multiworker (MultiWorkerMirroredStrategy; TF_CONFIG names the cluster and this worker; "
+      "only the chief writes the run folder). --batch_size is the global batch. See docs/distributed.md.")
     d(flags.DEFINE_bool, "deterministic", True, "Deterministic ops (exact resume; slightly slower).")
     d(flags.DEFINE_bool, "graph_optimizations", True,
       "Grappler graph optimisations of the traced step (off: about half the start-up time on CPU).")

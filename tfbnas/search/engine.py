@@ -14,7 +14,7 @@ Because it is an ordinary ``model.fit`` step, progress bars, callbacks, TensorBo
 ``tf.distribute`` work unchanged. Under several replicas each replica's loss is its local mean;
 gradients are all-reduced explicitly to the global mean *before* the strategy combines them (the
 tangent/GGN terms are products of gradients, so they must see global gradients), then applied with
-``skip_gradients_aggregation=True``.
+``skip_gradients_aggregation=True``; the logged values are means over replicas too.
 """
 
 from typing import Dict, List, Optional
@@ -77,6 +77,9 @@ class SearchModel(tf.keras.Model):
         self.child_binary = True
         self.arch_enabled = True
         self.epoch = tf.Variable(0, trainable=False, dtype=tf.int64, name="epoch")
+        # train_step returns logs that every replica shares (their means over replicas): report one of them
+        # instead of Keras's default sum over replicas.
+        self.distribute_reduction_method = "first"
 
     @property
     def arch_frozen_epochs(self) -> int:
@@ -262,13 +265,20 @@ class SearchModel(tf.keras.Model):
             logs.update(self.arch_phase(x_val, y_val, teacher_val, tangent))
         logs.update(self.weight_phase(x_train, y_train, teacher_train))
         logs["temperature"] = tf.convert_to_tensor(self.child.temperature)
-        return logs
+        return _replica_mean_logs(logs)
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         x, y = data
         logits = self.child(x, training=False, binary=self.child_binary)
-        return {"loss": tf.reduce_mean(strategy_ce(logits, y)), "accuracy": _accuracy(logits, y)}
+        return _replica_mean_logs({"loss": tf.reduce_mean(strategy_ce(logits, y)), "accuracy": _accuracy(logits, y)})
+
+
+def _replica_mean_logs(logs):
+    """Every log (a local-batch mean) as its mean over replicas, so all replicas and workers report the
+    global batch's value."""
+    names = list(logs)
+    return dict(zip(names, replica_mean([tf.cast(logs[k], tf.float32) for k in names])))
 
 
 def strategy_ce(logits, labels):

@@ -16,7 +16,8 @@ from tfbnas import data, runs
 from tfbnas.errors import RunDirError, SearchDiverged
 from tfbnas.flags import ConfigError, flag_values, saved_flag_values, write_flags
 from tfbnas.search.callbacks import NanGuard, SearchRecorder, StrategySchedule, truncate_records
-from tfbnas.search.distribute import is_chief, make_distribution
+from tfbnas.search.distribute import (check_tf_config, is_chief, lost_worker_errors, make_distribution, split_cpu,
+                                     worker_dir)
 from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
 from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
@@ -119,13 +120,7 @@ def _optimizers(config: SearchConfig, steps_total: int):
 
 def configure_runtime(config: SearchConfig):
     """Process-wide TensorFlow settings; logical CPU devices must be set before TensorFlow starts using them."""
-    if config.cpu_devices:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()] * config.cpu_devices)
-        except RuntimeError as e:
-            raise ConfigError(f"--cpu_devices must be set before TensorFlow initialises its devices ({e})") from None
+    split_cpu(config.cpu_devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if not config.graph_optimizations:
@@ -172,7 +167,11 @@ def _checkpoint(engine):
 
 
 def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, verbose=None) -> SearchResult:
-    """Runs a search into ``run_dir`` (resuming from its last checkpoint when ``resume``)."""
+    """Runs a search into ``run_dir`` (resuming from its last checkpoint when ``resume``).
+
+    Under ``--distribute=multiworker`` every worker calls it with the same arguments; only the chief
+    writes ``run_dir`` (the others write a temporary folder, :func:`~tfbnas.search.distribute.worker_dir`).
+    """
     start = time.time()
     configure_runtime(config)
     tf.keras.utils.set_random_seed(config.seed)
@@ -196,7 +195,17 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
 
     with distribution.scope():
         engine = build_search(config, info, steps)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    # Every worker runs the same steps and saves (saving may run collectives); only the chief's folder is kept.
+    with worker_dir(run_dir, distribution, resume) as out, lost_worker_errors(distribution, run_dir):
+        genotype, summary = _fit_and_record(engine, config, probe, steps, out, run_dir, resume, start, log, verbose)
+    return SearchResult(genotype, run_dir, config.search_epochs, time.time() - start, summary)
+
+
+def _fit_and_record(engine, config, probe, steps, out, run_dir, resume, start, log, verbose):
+    """Restores, fits and writes the search's records into ``out`` (the run folder, or a worker's
+    temporary copy); returns the genotype and the summary."""
+    examples = config.search_examples or config.train_examples
+    ckpt_dir = os.path.join(out, "checkpoints")
     manager = tf.train.CheckpointManager(_checkpoint(engine), ckpt_dir, max_to_keep=3)
     initial_epoch = 0
     if resume:
@@ -211,7 +220,7 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                                   "checkpoint is corrupt or from another configuration; delete it to resume from the "
                                   "one before or start a new --output_dir") from None
             initial_epoch = int(engine.epoch.numpy()) + 1
-            truncate_records(run_dir, initial_epoch)
+            truncate_records(out, initial_epoch)
             log(f"resumed from {manager.latest_checkpoint}: continuing at epoch {initial_epoch + 1}")
     if initial_epoch >= config.search_epochs:
         log("the search had already finished")
@@ -228,30 +237,30 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                                   skip_batches=skip)
         train = tf.data.Dataset.zip((splits.search_train, splits.search_val))
         guard = NanGuard()
-        callbacks = [StrategySchedule(), guard, SearchRecorder(run_dir, manager, guard, log)]
-        if is_chief():
-            callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"))
+        callbacks = [StrategySchedule(), guard, SearchRecorder(out, manager, guard, log)]
+        if engine.distribute_strategy.extended.should_checkpoint:
+            callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"), update_freq="epoch"))
         engine.fit(train, epochs=config.search_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                    callbacks=callbacks, verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
         if guard.failure is not None:
             epoch, batch, keys = guard.failure
-            last = manager.latest_checkpoint or "none (no epoch finished)"
+            last = tf.train.latest_checkpoint(os.path.join(run_dir or out, "checkpoints")) or "none (no epoch finished)"
             raise SearchDiverged(f"non-finite {', '.join(keys)} at epoch {epoch + 1}, step {batch + 1}; the last good "
                                  f"checkpoint is {last}: lower --arch_lr/--weight_lr and resume with --resume={run_dir}")
     genotype = engine.child.genotype()
-    genotype.save(os.path.join(run_dir, "genotype.json"))
+    genotype.save(os.path.join(out, "genotype.json"))
     for cell in ("normal", "reduce"):
-        plot_cell(genotype, cell, os.path.join(run_dir, f"cell_{cell}.png"), svg=True)
+        plot_cell(genotype, cell, os.path.join(out, f"cell_{cell}.png"), svg=True)
     child = engine.child
     margins = edge_margins(child.alphas_normal.numpy(), child.alphas_reduce.numpy(), child.preset, child.nodes,
                            float(child.temperature.numpy()))
     summary = {"genotype": genotype.to_dict(), "param_free_ops": count_param_free(genotype),
                "edge_margins": margins,
                "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
-               "seconds": time.time() - start, "replicas": replicas,
+               "seconds": time.time() - start, "replicas": engine.distribute_strategy.num_replicas_in_sync,
                "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}
-    write_json(os.path.join(run_dir, "search_summary.json"), summary)
-    return SearchResult(genotype, run_dir, config.search_epochs, time.time() - start, summary)
+    write_json(os.path.join(out, "search_summary.json"), summary)
+    return genotype, summary
 
 
 def main_from_flags(FLAGS):
@@ -260,7 +269,11 @@ def main_from_flags(FLAGS):
     if resume:
         run_dir = os.path.abspath(FLAGS.resume)
         values = saved_flag_values(run_dir, values, "search")
-    else:
+    # TF_CONFIG is checked before any TensorFlow work; workers other than the chief write no run folder.
+    chief = is_chief(check_tf_config() if values.get("distribute") == "multiworker" else None)
+    if not resume and not chief:
+        run_dir = os.path.abspath(FLAGS.output_dir) if FLAGS.output_dir else None
+    elif not resume:
         run_dir = runs.make_run_dir(FLAGS.output_dir, "search", FLAGS.dataset)
         if os.path.exists(os.path.join(run_dir, "checkpoints", "checkpoint")):
             raise RunDirError(f"{run_dir} already holds a search; continue it with --resume={run_dir} or choose "
@@ -269,4 +282,4 @@ def main_from_flags(FLAGS):
     config = SearchConfig.from_flags(values)
     result = search(config, run_dir, resume=resume)
     print(f"\ngenotype ({config.strategy}, {result.seconds:.0f} s):\n{result.genotype}")
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run_dir}" if chief else "run folder: written by the chief (this worker keeps no files)")

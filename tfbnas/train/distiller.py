@@ -78,11 +78,15 @@ class Distiller(tf.keras.Model):
         self.teacher.trainable = False
         self.alpha = float(alpha)
         self.temperature = float(temperature)
+        # per-example (reduction NONE: the one Keras allows under tf.distribute outside compile), averaged below
         self.student_loss = tf.keras.losses.get(student_loss) if student_loss is not None else \
-            tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.ce_tracker = tf.keras.metrics.Mean(name="ce_loss")
         self.kd_tracker = tf.keras.metrics.Mean(name="kd_loss")
+        # The steps return metric results, which are already global under tf.distribute: report one replica's
+        # (Keras's default sums them over replicas, and test_step's logs are not replaced by metric results).
+        self.distribute_reduction_method = "first"
         if student.built and getattr(student, "inputs", None):
             # A Functional student fixes the input shape: build now so save()/summary() see the weights.
             self.build(student.input_shape)
@@ -127,7 +131,7 @@ class Distiller(tf.keras.Model):
         return x, y, sample_weight
 
     def _hard_loss(self, y, logits, sample_weight):
-        ce = self.student_loss(y, logits, sample_weight=sample_weight)
+        ce = tf.reduce_mean(self.student_loss(y, logits, sample_weight=sample_weight))
         return ce + tf.add_n(self.student.losses) if self.student.losses else ce
 
     def train_step(self, data):
@@ -143,8 +147,10 @@ class Distiller(tf.keras.Model):
             else:
                 kd = tf.reduce_mean(kd_per_example)
             loss = self.alpha * kd + (1.0 - self.alpha) * ce
+            # Under n replicas the optimizer sums their gradients of local-batch means: 1/n makes it the global mean.
+            scaled = loss / tf.distribute.get_replica_context().num_replicas_in_sync
         variables = self.student.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         # Batch means weighted by batch size, as Keras averages its compiled loss over an epoch.
         batch = tf.shape(logits)[0]
         self.loss_tracker.update_state(loss, sample_weight=batch)

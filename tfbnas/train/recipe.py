@@ -37,6 +37,8 @@ from absl import flags
 from tfbnas import data, runs
 from tfbnas.errors import ModelFileError, RunDirError
 from tfbnas.flags import ConfigError
+from tfbnas.search.distribute import (check_tf_config, is_chief, lost_worker_errors, make_distribution, split_cpu,
+                                     synchronized_batch_norm, worker_dir)
 from tfbnas.space.genotype import Genotype
 from tfbnas.quantizers import HardTanh, is_sign_quantizer
 from tfbnas.train.distiller import Distiller
@@ -139,6 +141,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     steps_per_epoch: Optional[int] = None
     deterministic: bool = True
+    distribute: str = "default"
+    cpu_devices: Optional[int] = None
 
     @classmethod
     def from_flags(cls, values: dict) -> "TrainConfig":
@@ -435,7 +439,8 @@ class PhaseRecorder(tf.keras.callbacks.Callback):
         model: the network whose weights are kept (the student inside a Distiller).
         manager: ``tf.train.CheckpointManager`` of the phase (model, optimizer, counters).
         state: the phase's ``tf.Variable`` counters ``epoch``, ``best`` and ``best_epoch``.
-        best_path: file of the best weights.
+        best_path: checkpoint prefix of the best weights (a TensorFlow checkpoint: it restores
+            under ``tf.distribute`` too).
         history_path: ``history.csv`` of the run.
         total_epochs: epochs of the phase (for the log line).
         log: where one line per epoch goes.
@@ -456,14 +461,15 @@ class PhaseRecorder(tf.keras.callbacks.Callback):
         lr = optimizer.learning_rate
         if callable(lr):
             lr = lr(optimizer.iterations)
-        row = {"phase": self.phase, "epoch": epoch + 1, "lr": float(lr), "seconds": round(time.time() - self._start, 2)}
+        lr = float(tf.convert_to_tensor(lr))  # a mirrored variable under tf.distribute
+        row = {"phase": self.phase, "epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - self._start, 2)}
         row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS})
         note = ""
         val = logs.get("val_accuracy")
         if val is not None and float(val) > float(self.state["best"].numpy()):
             self.state["best"].assign(float(val))
             self.state["best_epoch"].assign(epoch + 1)
-            self.net.save_weights(self.best_path)
+            tf.train.Checkpoint(model=self.net).write(self.best_path)
             note = " (best so far)"
         rows = read_rows(self.history_path) + [row]
         write_rows(self.history_path, rows, HISTORY_FIELDS)
@@ -518,7 +524,7 @@ def run_phase(phase: str, model: tf.keras.Model, teacher: Optional[tf.keras.Mode
     os.makedirs(ckpt_dir, exist_ok=True)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer, **state), ckpt_dir,
                                          max_to_keep=1)
-    best_path = os.path.join(ckpt_dir, "best.weights.h5")
+    best_path = os.path.join(ckpt_dir, "best")
     history_path = os.path.join(run_dir, "history.csv")
     initial_epoch = 0
     if resume and manager.latest_checkpoint:
@@ -534,12 +540,13 @@ def run_phase(phase: str, model: tf.keras.Model, teacher: Optional[tf.keras.Mode
         log(f"[{phase}] {epochs} epochs x {steps} steps, {config.optimizer} lr {config.peak_lr:g} "
             f"({config.lr_schedule}), {'distilled from the Parent' if fit_model is not model else 'labels only'}")
         recorder = PhaseRecorder(phase, model, manager, state, best_path, history_path, epochs, log)
-        fit_model.fit(train_data.train(initial_epoch), epochs=epochs, initial_epoch=initial_epoch,
-                      steps_per_epoch=steps, validation_data=train_data.val, callbacks=[recorder],
-                      verbose=_fit_verbose(verbose))
+        with synchronized_batch_norm(model):  # several replicas: global batch statistics, as on one device
+            fit_model.fit(train_data.train(initial_epoch), epochs=epochs, initial_epoch=initial_epoch,
+                          steps_per_epoch=steps, validation_data=train_data.val, callbacks=[recorder],
+                          verbose=_fit_verbose(verbose))
     best_epoch = int(state["best_epoch"].numpy())
-    if train_data.val is not None and best_epoch and os.path.exists(best_path):
-        model.load_weights(best_path)
+    if train_data.val is not None and best_epoch and os.path.exists(best_path + ".index"):
+        tf.train.Checkpoint(model=model).read(best_path).expect_partial()
         log(f"[{phase}] kept epoch {best_epoch} (val top-1 {float(state['best'].numpy()):.4f})")
     return {"epochs": epochs, "best_val_top1": float(state["best"].numpy()) if best_epoch else None,
             "best_epoch": best_epoch or epochs, "seconds": round(time.time() - start, 1)}
@@ -718,7 +725,8 @@ def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
 
 
 def configure_runtime(config: TrainConfig):
-    """Seeds and (optionally) deterministic ops, before any model is built."""
+    """Logical CPUs, seeds and (optionally) deterministic ops, before any model is built."""
+    split_cpu(config.cpu_devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(config.seed)
@@ -737,7 +745,9 @@ def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=pri
 
     Returns:
         A :class:`TrainResult`; ``run_dir`` also gets ``genotype.json`` and ``space.json`` (the
-        settled space fields).
+        settled space fields). Under ``config.distribute`` every phase runs on all replicas with
+        ``--batch_size`` as the global batch; with ``multiworker`` every worker calls this with the same
+        arguments and only the chief writes ``run_dir`` (:func:`~tfbnas.search.distribute.worker_dir`).
 
     Raises:
         ConfigError, GenotypeError, SpaceError: bad genotype, space flags or recipe values.
@@ -746,11 +756,25 @@ def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=pri
         >>> result = train_child(TrainConfig(genotype="runs/s1/genotype.json", epochs=5), "runs/t1")
         >>> result.metrics["test_top1"]
     """
-    from tfbnas.models import build_child, build_parent
-
     config, genotype, sources = resolve_space(config)
     config.check()
     configure_runtime(config)
+    distribution = make_distribution(config.distribute)  # before any op: MultiWorkerMirroredStrategy comes first
+    replicas = distribution.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(f"--batch_size={config.batch_size} must divide by the {replicas} replicas of "
+                          f"--distribute={config.distribute}: each replica takes an equal share of the global batch")
+    # Every worker trains and saves (saving may run collectives); only the chief's folder is kept.
+    with distribution.scope(), worker_dir(run_dir, distribution, resume) as out, \
+            lost_worker_errors(distribution, run_dir):
+        result = _train_genotype(config, genotype, sources, out, resume, log, verbose)
+    return result._replace(run_dir=run_dir)
+
+
+def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) -> TrainResult:
+    """:func:`train_child` after its checks, in the distribution's scope, writing ``run_dir``."""
+    from tfbnas.models import build_child, build_parent
+
     os.makedirs(run_dir, exist_ok=True)
     train_data = TrainData(config)
     info = train_data.info
@@ -792,21 +816,26 @@ def main_from_flags(FLAGS) -> TrainResult:
         if os.path.exists(os.path.join(run_dir, "genotype.json")):
             values["genotype"] = os.path.join(run_dir, "genotype.json")
         config = TrainConfig.from_flags(values)
-    else:
+    # TF_CONFIG is checked before any TensorFlow work; workers other than the chief write no run folder.
+    chief = is_chief(check_tf_config() if values.get("distribute") == "multiworker" else None)
+    if not resume:
         for name in ("genotype", "parent"):
             if values.get(name):
                 values[name] = os.path.abspath(values[name])
         config = TrainConfig.from_flags(values)
         resolved, _, _ = resolve_space(config)  # bad genotype or space flags fail before any folder is made
         resolved.check()
-        run_dir = runs.make_run_dir(FLAGS.output_dir, "train", FLAGS.dataset)
-        if os.path.isdir(os.path.join(run_dir, "checkpoints")):
-            raise RunDirError(f"{run_dir} already holds a training run; continue it with --resume={run_dir} or "
-                              "choose another --output_dir")
-        write_flags(run_dir, {**values, **{k: getattr(resolved, k) for k in SPACE_FIELDS + ("widths",)}})
+        if not chief:
+            run_dir = os.path.abspath(FLAGS.output_dir) if FLAGS.output_dir else None
+        else:
+            run_dir = runs.make_run_dir(FLAGS.output_dir, "train", FLAGS.dataset)
+            if os.path.isdir(os.path.join(run_dir, "checkpoints")):
+                raise RunDirError(f"{run_dir} already holds a training run; continue it with --resume={run_dir} or "
+                                  "choose another --output_dir")
+            write_flags(run_dir, {**values, **{k: getattr(resolved, k) for k in SPACE_FIELDS + ("widths",)}})
     result = train_child(config, run_dir, resume=resume)
     print(f"\ntest top-1 {result.metrics['test_top1']:.4f}, top-5 {result.metrics['test_top5']:.4f}")
-    print(f"run folder: {run_dir}")
+    print(f"run folder: {run_dir}" if chief else "run folder: written by the chief (this worker keeps no files)")
     return result
 
 
