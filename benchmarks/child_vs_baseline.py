@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 tflags.define_data_flags()
 tflags.define_run_flags()
 tflags.define_space_flags()
-recipe.define_train_flags()
+tflags.define_train_flags()
 flags.DEFINE_integer("baseline_blocks", 2, "Binary conv blocks per stage of the baseline ResNet.", lower_bound=1)
 
 

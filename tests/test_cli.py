@@ -13,7 +13,8 @@ import pytest
 
 from conftest import REPO, BackgroundRun, run_module
 from tfbnas import flags as tflags
-from tfbnas.errors import RunDirError
+from tfbnas.errors import ConfigError, RunDirError
+from tfbnas.space.genotype import Genotype
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -65,6 +66,67 @@ def test_unwritable_output_dir(tmp_path, parse_flags):
     with pytest.raises(RunDirError, match="cannot write the run folder.*--output_dir") as error:
         tfbnas.run.main([])
     assert error.value.exit_code == 1 and "\n" not in str(error.value)
+
+
+def test_a_folder_that_holds_a_run_is_refused(tmp_path, parse_flags):
+    import tfbnas.run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "flags.json").write_text('{"seed": 3}')
+    parse_flags(f"--output_dir={out}")
+    with pytest.raises(ConfigError, match=f"{out} already holds a run; continue it with --resume={out}") as error:
+        tfbnas.run.main([])
+    assert error.value.exit_code == 2
+    assert (out / "flags.json").read_text() == '{"seed": 3}' and sorted(os.listdir(out)) == ["flags.json"]
+
+
+def _genotype_job(folder):
+    """The main job on a given genotype (one node per cell, labels only, one epoch): no search."""
+    genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("max_pool_3x3", 1)],
+                        [("dil_conv_3x3", 0), ("skip_connect", 1)]).save(str(folder / "genotype.json"))
+    return [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--nodes=1", f"--genotype={genotype}",
+            "--train_examples=1024", "--test_examples=256", "--epochs=1", "--parent_epochs=0", "--distill_alpha=0",
+            "--val_fraction=0", "--parity_examples=32", "--benchmark_runs=1", f"--output_dir={folder / 'run'}"]
+
+
+GENOTYPE_JOB = BackgroundRun(__name__, "genotype_job", "run-genotype", _genotype_job)
+GENOTYPE_JOB_AGAIN = BackgroundRun(__name__, "genotype_job_again", "run-genotype-resumed",
+                                   lambda _: [sys.executable, "-m", "tfbnas.run",
+                                              f"--resume={GENOTYPE_JOB.folder / 'run'}"], after=GENOTYPE_JOB)
+
+
+@pytest.fixture(scope="module")
+def genotype_job():
+    return GENOTYPE_JOB.result()
+
+
+@pytest.mark.slow
+def test_main_job_on_a_genotype_file_skips_the_search(genotype_job):
+    result, folder = genotype_job
+    out = folder / "run"
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"search: skipped, training {folder / 'genotype.json'}" in result.stdout
+    assert not (out / "search").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert "search" not in summary and summary["train"]["child"]["top1"] > 0.2  # chance 0.1
+    trained = Genotype.load(str(out / "train" / "genotype.json"))
+    assert trained == Genotype.load(str(folder / "genotype.json"))
+    assert summary["deploy"]["binary_convs"] > 0 and (out / "deploy" / "child.tflite").exists()
+    assert "## Search" not in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_trains_nothing_again(genotype_job):
+    _, folder = genotype_job
+    out = folder / "run"
+    before = json.loads((out / "summary.json").read_text())
+    result, _ = GENOTYPE_JOB_AGAIN.result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: finished earlier, kept" in result.stdout and "[child]" not in result.stdout
+    after = json.loads((out / "summary.json").read_text())
+    assert after["train"] == before["train"] and after["cost"] == before["cost"]
+    assert after["deploy"]["size_bytes"] == before["deploy"]["size_bytes"]
 
 
 def test_missing_data_is_one_line_and_exit_1(missing_data_run):

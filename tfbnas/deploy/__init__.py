@@ -1,7 +1,7 @@
 """Deploy: Keras (Larq) model → LCE TFLite flatbuffer → parity check → benchmark.
 
-* :mod:`tfbnas.deploy.convert` — load, check what LCE can binarise, convert, report
-  (``deploy/convert.py``).
+* :mod:`tfbnas.deploy.lint` — which layers LCE will make binary, and the fix for each that it will not.
+* :mod:`tfbnas.deploy.convert` — load, check, convert, report (``deploy/convert.py``).
 * :mod:`tfbnas.deploy.flatbuffer` — op histogram and byte counts of a ``.tflite`` file.
 * :mod:`tfbnas.deploy.parity` — Keras vs ``lce.testing.Interpreter`` on real test images.
 * :mod:`tfbnas.deploy.benchmark` — latency on the host (LCE's interpreter, every kernel path) and on
@@ -15,9 +15,8 @@ Example:
 from tfbnas.errors import DeployError  # noqa: F401  (importable from here)
 from tfbnas.deploy.flatbuffer import FlatbufferSummary, op_histogram, summarize_flatbuffer
 from tfbnas.deploy.parity import ParityError, ParityResult, parity_batch, parity_check
+from tfbnas.deploy.lint import BinarizationIssue, binarization_issues
 from tfbnas.deploy.convert import (
-    BinarizationIssue,
-    binarization_issues,
     convert_keras,
     convert_model_file,
     float_twin,

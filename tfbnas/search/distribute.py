@@ -128,6 +128,23 @@ def make_distribution(name: str) -> tf.distribute.Strategy:
     raise ConfigError(f"unknown --distribute={name!r}; choose one of {', '.join(DISTRIBUTIONS)}")
 
 
+def configure_runtime(config):
+    """Process-wide TensorFlow settings of a run, before any model is built: ``config.cpu_devices`` logical
+    CPUs (before TensorFlow uses its devices), deterministic ops, Grappler off when a search config says
+    ``graph_optimizations=False``, then every random generator seeded with ``config.seed``.
+
+    Args:
+        config: a :class:`~tfbnas.config.SearchConfig` or :class:`~tfbnas.config.TrainConfig` (any object
+            with ``cpu_devices``, ``deterministic`` and ``seed``).
+    """
+    split_cpu(config.cpu_devices)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if not getattr(config, "graph_optimizations", True):
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    tf.keras.utils.set_random_seed(config.seed)
+
+
 def split_cpu(devices: Optional[int]):
     """Splits the CPU into ``devices`` logical devices (``--cpu_devices``; None: leave it whole).
 
@@ -169,18 +186,27 @@ def worker_dir(run_dir: Optional[str], distribution: tf.distribute.Strategy, res
         shutil.rmtree(out, ignore_errors=True)
 
 
+def synchronize_batch_norm(model: tf.keras.Model) -> list:
+    """Every BatchNormalization of ``model`` normalises with global (cross-replica) batch statistics
+    from now on (the search's supernets, which are never saved as models); returns the layers."""
+    layers = [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.synchronized, layer.fused = True, False
+    return layers
+
+
 @contextlib.contextmanager
 def synchronized_batch_norm(model: tf.keras.Model):
-    """Inside: every BatchNormalization of ``model`` normalises with global (cross-replica) batch
-    statistics when the current strategy has several replicas, so a step computes what one device
-    computes on the whole batch; on exit each layer gets its own settings back (saved models keep
-    their plain, fused BatchNorm). Wrap ``fit`` in it (the train function is traced inside).
+    """Inside: :func:`synchronize_batch_norm` when the current strategy has several replicas, so a step
+    computes what one device computes on the whole batch; on exit each layer gets its own settings back
+    (saved models keep their plain, fused BatchNorm). Wrap ``fit`` in it (the train function is traced
+    inside).
     """
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     layers = [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)] if replicas > 1 else []
     saved = [(layer.synchronized, layer.fused) for layer in layers]
-    for layer in layers:
-        layer.synchronized, layer.fused = True, False
+    if layers:
+        synchronize_batch_norm(model)
     try:
         yield
     finally:

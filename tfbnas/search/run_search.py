@@ -8,97 +8,21 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Optional
 
 import tensorflow as tf
 
 from tfbnas import data, runs
-from tfbnas.errors import RunDirError, SearchDiverged
-from tfbnas.flags import ConfigError, flag_values, saved_flag_values, write_flags
+from tfbnas.config import SearchConfig  # noqa: F401  (importable from here)
+from tfbnas.errors import ConfigError, RunDirError, SearchDiverged
+from tfbnas.flags import flag_values, saved_flag_values, write_flags
 from tfbnas.search.callbacks import NanGuard, SearchRecorder, StrategySchedule, truncate_records
-from tfbnas.search.distribute import (check_tf_config, is_chief, lost_worker_errors, make_distribution, split_cpu,
-                                     worker_dir)
+from tfbnas.search.distribute import (check_tf_config, configure_runtime, is_chief, lost_worker_errors,
+                                     make_distribution, synchronize_batch_norm, worker_dir)
 from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
 from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
 from tfbnas.space.supernet import SuperNet
 from tfbnas.runs import write_json
-
-
-@dataclasses.dataclass
-class SearchConfig:
-    """Everything a search run depends on (the flags of ``python -m tfbnas.search``)."""
-
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    download: bool = False
-    train_examples: Optional[int] = None
-    test_examples: Optional[int] = None
-    batch_size: int = 64
-    seed: int = 0
-    preset: str = "dcp"
-    init_channels: int = 16
-    num_cells: int = 8
-    nodes: int = 4
-    strategy: str = "dcp"
-    search_epochs: int = 10
-    search_examples: Optional[int] = None
-    search_steps_per_epoch: Optional[int] = None
-    arch_frozen_epochs: int = 0
-    arch_t_start: float = 1.0
-    arch_t_end: float = 1.0
-    arch_lr: float = 3e-4
-    arch_beta1: float = 0.5
-    arch_weight_decay: float = 1e-3
-    weight_lr: float = 0.025
-    weight_lr_min: float = 0.001
-    weight_momentum: float = 0.9
-    search_weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    distribute: str = "default"
-    deterministic: bool = True
-    graph_optimizations: bool = True
-    cpu_devices: Optional[int] = None
-    dcp_kl: bool = True
-    dcp_kl_weight: float = 1.0
-    dcp_kl_arch: bool = False
-    dcp_tangent: bool = True
-    dcp_tangent_weight: float = 0.5
-    dcp_tangent_normalize: bool = True
-    dcp_ggn: bool = False
-    dcp_ggn_samples: int = 4
-    dcp_decoupled: bool = True
-    dcp_decoupled_weight: float = 0.5
-    dcp_decoupled_normalize: bool = True
-    dcp_tau: float = 0.5
-    dcp_psi_lr: float = 0.01
-    dcp_inherit: bool = True
-    dcp_arch_from_parent: bool = True
-    dcp_inherit_weights: bool = False
-    bats_t_start: float = 1.0
-    bats_t_end: float = 0.2
-    bats_real_epochs: int = 0
-    bats_teacher: bool = True
-    bats_kl_weight: float = 1.0
-
-    @classmethod
-    def from_flags(cls, flag_values_):
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in flag_values_.items() if k in names})
-
-    def strategy_kwargs(self):
-        """Keyword arguments of :func:`make_strategy`: the ``dcp_*``/``bats_*`` fields of the chosen
-        strategy without prefix, the warm-up, and the temperature schedule (``bats_t_*`` for bats,
-        ``arch_t_*`` for the others)."""
-        prefix = self.strategy + "_"
-        mapping = {"bats": {"t_start", "t_end", "real_epochs", "teacher", "kl_weight"},
-                   "dcp": {"kl", "kl_weight", "kl_arch", "tangent", "tangent_weight", "tangent_normalize", "ggn",
-                           "ggn_samples", "decoupled", "decoupled_weight", "decoupled_normalize", "tau", "psi_lr",
-                           "inherit", "arch_from_parent", "inherit_weights"}}.get(self.strategy, set())
-        kwargs = {"t_start": self.arch_t_start, "t_end": self.arch_t_end, "warmup_epochs": self.arch_frozen_epochs}
-        kwargs.update({k[len(prefix):]: v for k, v in dataclasses.asdict(self).items()
-                       if k.startswith(prefix) and k[len(prefix):] in mapping})
-        return kwargs
 
 
 @dataclasses.dataclass
@@ -116,23 +40,6 @@ def _optimizers(config: SearchConfig, steps_total: int):
     arch = tf.keras.optimizers.Adam(config.arch_lr, beta_1=config.arch_beta1, beta_2=0.999, name="arch_adam")
     weight = tf.keras.optimizers.SGD(schedule, momentum=config.weight_momentum, name="weight_sgd")
     return arch, weight
-
-
-def configure_runtime(config: SearchConfig):
-    """Process-wide TensorFlow settings; logical CPU devices must be set before TensorFlow starts using them."""
-    split_cpu(config.cpu_devices)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if not config.graph_optimizations:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-
-
-def synchronize_batch_norm(model: tf.keras.Model):
-    """Global (cross-replica) batch statistics in every BatchNorm of ``model``, so that a step on
-    several replicas computes what one device computes on the whole batch."""
-    for layer in model.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.synchronized, layer.fused = True, False
 
 
 def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: int):
@@ -174,7 +81,6 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
     """
     start = time.time()
     configure_runtime(config)
-    tf.keras.utils.set_random_seed(config.seed)
     distribution = make_distribution(config.distribute)
     replicas = distribution.num_replicas_in_sync
     micro = config.dcp_ggn_samples if (config.strategy == "dcp" and config.dcp_tangent and config.dcp_ggn) else 1

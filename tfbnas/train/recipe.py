@@ -27,158 +27,22 @@ import json
 import os
 import sys
 import time
-from typing import Callable, List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
-import larq as lq
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from tfbnas import data, runs
-from tfbnas.errors import ModelFileError, RunDirError
-from tfbnas.flags import ConfigError
-from tfbnas.search.distribute import (check_tf_config, is_chief, lost_worker_errors, make_distribution, split_cpu,
-                                     synchronized_batch_norm, worker_dir)
+from tfbnas.config import PHASES, SPACE_FIELDS, SpaceConfig, TrainConfig  # noqa: F401  (importable from here)
+from tfbnas.errors import ConfigError, RunDirError
+from tfbnas.search.distribute import (check_tf_config, configure_runtime, is_chief, lost_worker_errors,
+                                     make_distribution, synchronized_batch_norm, worker_dir)
 from tfbnas.space.genotype import Genotype
-from tfbnas.quantizers import HardTanh, is_sign_quantizer
 from tfbnas.train.distiller import Distiller
-from tfbnas.train.schedules import SCHEDULES, make_schedule
-from tfbnas.runs import read_rows, write_json, write_rows
-
-PHASES = ("parent", "stage1", "child")
-STAGE1_MODES = ("activations", "weights")
-OPTIMIZERS = ("adam", "sgd")
-DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
-SPACE_FIELDS = ("preset", "init_channels", "num_cells", "nodes")
-SPACE_DEFAULTS = {"init_channels": 16, "num_cells": 8}
-HISTORY_FIELDS = ("phase", "epoch", "lr", "loss", "ce_loss", "kd_loss", "accuracy", "top5", "val_loss",
-                  "val_accuracy", "val_top5", "seconds")
-
-
-
-# ------------------------------------------------------------------------------------------- flags
-
-
-def _define_once(define, name, *args, **kwargs):
-    if name not in flags.FLAGS:
-        define(name, *args, **kwargs)
-
-
-def define_train_flags():
-    """Flags of ``python -m tfbnas.train`` (besides the data, run and space groups of :mod:`tfbnas.flags`)."""
-    d = _define_once
-    d(flags.DEFINE_string, "genotype", None, "genotype.json of a search run (python -m tfbnas.search writes "
-                                             "RUN/genotype.json); the space flags default to RUN/flags.json.")
-    d(flags.DEFINE_list, "widths", None, "Per-cell channel multipliers of the Child, one per cell (e.g. 0.5,1,1).")
-    d(flags.DEFINE_integer, "epochs", 10, "Epochs of the Child (of each stage with --two_stage).", lower_bound=1)
-    d(flags.DEFINE_integer, "parent_epochs", None, "Epochs of the real-valued Parent teacher (default: --epochs; "
-                                                   "0: no teacher).", lower_bound=0)
-    d(flags.DEFINE_string, "parent", None, "A trained Parent (.keras) to use as teacher instead of training one.")
-    d(flags.DEFINE_bool, "init_from_parent", False, "Start the Child from the Parent's weights (same shapes).")
-    d(flags.DEFINE_float, "distill_alpha", 0.9, "Weight of the distillation term (1 - alpha weights the "
-                                                "cross-entropy); 0: labels only.", lower_bound=0.0, upper_bound=1.0)
-    d(flags.DEFINE_float, "distill_temperature", 4.0, "Softmax temperature T of the distillation term.",
-      lower_bound=1e-3)
-    d(flags.DEFINE_bool, "two_stage", False, "Two-stage training (Real-to-Binary/ReActNet): one side binary first, "
-                                             "then fully binary from the stage-1 weights.")
-    d(flags.DEFINE_integer, "stage1_epochs", None, "Epochs of stage 1 (default: --epochs).", lower_bound=1)
-    d(flags.DEFINE_enum, "stage1_binary", "activations", list(STAGE1_MODES),
-      "What is binary in stage 1: 'activations' (binary activations, real weights: the papers' order) or "
-      "'weights' (binary weights, real activations).")
-    d(flags.DEFINE_enum, "optimizer", "adam", list(OPTIMIZERS), "Optimizer of every phase.")
-    d(flags.DEFINE_float, "lr", None, "Peak learning rate (default: 2e-3 for adam, 0.05 for sgd).", lower_bound=0.0)
-    d(flags.DEFINE_enum, "lr_schedule", "cosine", list(SCHEDULES), "Learning-rate schedule of each phase.")
-    d(flags.DEFINE_integer, "warmup_epochs", 0, "Linear warm-up epochs of the cosine schedule.", lower_bound=0)
-    d(flags.DEFINE_float, "weight_decay", 5e-5, "Decoupled weight decay of real-valued kernels (never latent binary "
-                                                "kernels, BatchNorm or biases).", lower_bound=0.0)
-    d(flags.DEFINE_float, "momentum", 0.9, "SGD momentum.", lower_bound=0.0)
-    d(flags.DEFINE_float, "val_fraction", 0.1, "Share of the training set held out to pick the best epoch "
-                                               "(0: keep the last epoch).", lower_bound=0.0, upper_bound=0.5)
-    d(flags.DEFINE_integer, "steps_per_epoch", None, "Steps per epoch (default: one pass over the training part).",
-      lower_bound=1)
-    d(flags.DEFINE_bool, "deterministic", True, "Deterministic ops (exact resume; slightly slower).")
-
-
-# ------------------------------------------------------------------------------------------ config
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on (the flags of ``python -m tfbnas.train``).
-
-    Space fields left ``None`` are taken from the search run's ``flags.json`` beside the genotype,
-    then (``preset``, ``nodes``) from the genotype itself, then from the defaults.
-    """
-
-    genotype: Optional[str] = None
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    download: bool = False
-    train_examples: Optional[int] = None
-    test_examples: Optional[int] = None
-    batch_size: int = 64
-    seed: int = 0
-    preset: Optional[str] = None
-    init_channels: Optional[int] = None
-    num_cells: Optional[int] = None
-    nodes: Optional[int] = None
-    widths: Optional[List[float]] = None
-    epochs: int = 10
-    parent_epochs: Optional[int] = None
-    parent: Optional[str] = None
-    init_from_parent: bool = False
-    distill_alpha: float = 0.9
-    distill_temperature: float = 4.0
-    two_stage: bool = False
-    stage1_epochs: Optional[int] = None
-    stage1_binary: str = "activations"
-    optimizer: str = "adam"
-    lr: Optional[float] = None
-    lr_schedule: str = "cosine"
-    warmup_epochs: int = 0
-    weight_decay: float = 5e-5
-    momentum: float = 0.9
-    val_fraction: float = 0.1
-    steps_per_epoch: Optional[int] = None
-    deterministic: bool = True
-    distribute: str = "default"
-    cpu_devices: Optional[int] = None
-
-    @classmethod
-    def from_flags(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr else DEFAULT_LR[self.optimizer]
-
-    def phase_epochs(self, phase: str) -> int:
-        if phase == "parent":
-            return self.epochs if self.parent_epochs is None else self.parent_epochs
-        if phase == "stage1":
-            return self.stage1_epochs or self.epochs
-        return self.epochs
-
-    def check(self):
-        """Raise :class:`ConfigError` for values no run can use."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer={self.optimizer} is unknown; use one of {list(OPTIMIZERS)}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(f"--lr_schedule={self.lr_schedule} is unknown; use one of {list(SCHEDULES)}")
-        if self.stage1_binary not in STAGE1_MODES:
-            raise ConfigError(f"--stage1_binary={self.stage1_binary} is unknown; use one of {list(STAGE1_MODES)}")
-        if not 0.0 <= self.val_fraction <= 0.5:
-            raise ConfigError(f"--val_fraction={self.val_fraction} must be in [0, 0.5]")
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise ConfigError(f"--distill_alpha={self.distill_alpha} must be in [0, 1]")
-        if self.distill_temperature <= 0:
-            raise ConfigError(f"--distill_temperature={self.distill_temperature} must be > 0")
-        for phase in PHASES:
-            if self.warmup_epochs and self.lr_schedule == "cosine" and self.phase_epochs(phase) and \
-                    self.warmup_epochs >= self.phase_epochs(phase):
-                raise ConfigError(f"--warmup_epochs={self.warmup_epochs} must be fewer than the {phase} epochs "
-                                  f"({self.phase_epochs(phase)})")
+from tfbnas.train.records import PhaseRecorder, plot_history, truncate_history, write_model_reports  # noqa: F401
+from tfbnas.train.twins import check_same_shapes, copy_weights, load_parent, real_twin, stage1_model  # noqa: F401
+from tfbnas.train.schedules import make_schedule
+from tfbnas.runs import write_json
 
 
 class TrainResult(NamedTuple):
@@ -232,7 +96,7 @@ def resolve_space(config: TrainConfig):
         if value is None and name in ("preset", "nodes"):
             value, source = getattr(genotype, name), "the genotype"
         if value is None:
-            value, source = SPACE_DEFAULTS[name], f"the default --{name}"
+            value, source = getattr(SpaceConfig, name), f"the default --{name}"
         values[name], sources[name] = value, source
     for name in ("preset", "nodes"):
         if getattr(genotype, name) != values[name]:
@@ -252,75 +116,6 @@ def resolve_space(config: TrainConfig):
         if not all(np.isfinite(w) and w > 0 for w in widths):
             raise ConfigError(f"--widths={','.join(map(str, widths))} must be positive multipliers")
     return dataclasses.replace(config, widths=widths, **values), genotype, sources
-
-
-# ------------------------------------------------------------------------------------ model surgery
-
-
-def _requantize(model: tf.keras.Model, update: Callable[[dict], dict], name: str) -> tf.keras.Model:
-    """Clone ``model`` with ``update`` applied to the config of every Larq quantized conv/dense
-    layer whose input and kernel quantizers are binary, and copy the weights."""
-    from tfbnas.models import clone_layers
-
-    def rebuild(layer, config):
-        if "input_quantizer" in config and "kernel_quantizer" in config and \
-                is_sign_quantizer(getattr(layer, "input_quantizer", None)) and \
-                is_sign_quantizer(getattr(layer, "kernel_quantizer", None)):
-            return layer.__class__.from_config(update(config))
-        return None
-
-    return clone_layers(model, rebuild, name=name)
-
-
-def stage1_model(model: tf.keras.Model, binary: str = "activations") -> tf.keras.Model:
-    """The stage-1 network of two-stage training: ``model`` with one side of each binary conv real.
-
-    Args:
-        model: a 1-bit model (binary ``QuantConv2D``/``QuantDense`` layers).
-        binary: ``"activations"``: binary activations and real weights (Real-to-Binary and ReActNet's
-            first step); ``"weights"``: binary weights and real activations (input quantizer off).
-
-    Returns:
-        A new model with the same layers, names and weight shapes and ``model``'s weights, so
-        ``model.set_weights(stage1.get_weights())`` starts stage 2 from it.
-
-    Example:
-        >>> stage1 = stage1_model(child, "activations")
-        >>> stage1.fit(x, y); child.set_weights(stage1.get_weights())
-    """
-    if binary == "activations":
-        def update(config):
-            return {**config, "kernel_quantizer": None}
-    elif binary == "weights":
-        def update(config):
-            return {**config, "input_quantizer": None}
-    else:
-        raise ConfigError(f"stage-1 mode {binary!r} is unknown; use one of {list(STAGE1_MODES)}")
-    return _requantize(model, update, f"{model.name}_stage1")
-
-
-def real_twin(model: tf.keras.Model) -> tf.keras.Model:
-    """A real-valued twin of a 1-bit model, to train as its teacher.
-
-    Every binary conv gets hard-tanh activations (the sign's straight-through gradient), a real
-    kernel and zero padding, as :func:`tfbnas.models.build_parent` does for a Child.
-
-    Args:
-        model: a Functional or Sequential 1-bit model (binary Larq conv/dense layers).
-
-    Returns:
-        A new model with the same layers and weight shapes, holding ``model``'s current weights.
-
-    Example:
-        >>> model = binary_resnet((28, 28, 1), 10)
-        >>> teacher = real_twin(model)
-        >>> train_model(model, teacher, TrainConfig(epochs=5), "runs/baseline")
-    """
-    def update(config):
-        return {**config, "input_quantizer": HardTanh(), "kernel_quantizer": None,
-                **({"pad_values": 0.0} if "pad_values" in config else {})}
-
-    return _requantize(model, update, f"{model.name}_real")
 
 
 def decayed_variables(model: tf.keras.Model) -> List[tf.Variable]:
@@ -431,64 +226,6 @@ def _ce():
     return tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-class PhaseRecorder(tf.keras.callbacks.Callback):
-    """End of every epoch: history row, best weights (by ``val_accuracy``), then the checkpoint.
-
-    Args:
-        phase: phase name (a column of ``history.csv``).
-        model: the network whose weights are kept (the student inside a Distiller).
-        manager: ``tf.train.CheckpointManager`` of the phase (model, optimizer, counters).
-        state: the phase's ``tf.Variable`` counters ``epoch``, ``best`` and ``best_epoch``.
-        best_path: checkpoint prefix of the best weights (a TensorFlow checkpoint: it restores
-            under ``tf.distribute`` too).
-        history_path: ``history.csv`` of the run.
-        total_epochs: epochs of the phase (for the log line).
-        log: where one line per epoch goes.
-    """
-
-    def __init__(self, phase, model, manager, state, best_path, history_path, total_epochs, log=print):
-        super().__init__()
-        self.phase, self.net, self.manager, self.state = phase, model, manager, state
-        self.best_path, self.history_path, self.total_epochs, self.log = best_path, history_path, total_epochs, log
-        self._start = time.time()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        optimizer = self.model.optimizer
-        lr = optimizer.learning_rate
-        if callable(lr):
-            lr = lr(optimizer.iterations)
-        lr = float(tf.convert_to_tensor(lr))  # a mirrored variable under tf.distribute
-        row = {"phase": self.phase, "epoch": epoch + 1, "lr": lr, "seconds": round(time.time() - self._start, 2)}
-        row.update({k: float(v) for k, v in logs.items() if k in HISTORY_FIELDS})
-        note = ""
-        val = logs.get("val_accuracy")
-        if val is not None and float(val) > float(self.state["best"].numpy()):
-            self.state["best"].assign(float(val))
-            self.state["best_epoch"].assign(epoch + 1)
-            tf.train.Checkpoint(model=self.net).write(self.best_path)
-            note = " (best so far)"
-        rows = read_rows(self.history_path) + [row]
-        write_rows(self.history_path, rows, HISTORY_FIELDS)
-        self.state["epoch"].assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
-        if val is not None:
-            self.log(f"[{self.phase}] epoch {epoch + 1}/{self.total_epochs}: val top-1 {float(val):.4f}{note}; "
-                     f"checkpoint saved")
-
-
-def _truncate_history(path, phase, epochs_done, drop_later):
-    """Drops rows a resumed phase will write again (and, if it trains again, rows of later phases)."""
-    rows = read_rows(path)
-    later = PHASES[PHASES.index(phase) + 1:] if drop_later else ()
-    kept = [r for r in rows if r["phase"] not in later and not (r["phase"] == phase and int(r["epoch"]) > epochs_done)]
-    if len(kept) != len(rows):
-        write_rows(path, kept, HISTORY_FIELDS)
-
-
 def _fit_verbose(verbose):
     if verbose is not None:
         return verbose
@@ -535,7 +272,7 @@ def run_phase(phase: str, model: tf.keras.Model, teacher: Optional[tf.keras.Mode
                               "corrupt or from another configuration; start a new --output_dir") from None
         initial_epoch = int(state["epoch"].numpy())
         log(f"[{phase}] resumed from {manager.latest_checkpoint} after epoch {initial_epoch}")
-    _truncate_history(history_path, phase, initial_epoch, drop_later=initial_epoch < epochs)
+    truncate_history(history_path, phase, initial_epoch, drop_later=initial_epoch < epochs)
     if initial_epoch < epochs:
         log(f"[{phase}] {epochs} epochs x {steps} steps, {config.optimizer} lr {config.peak_lr:g} "
             f"({config.lr_schedule}), {'distilled from the Parent' if fit_model is not model else 'labels only'}")
@@ -557,60 +294,6 @@ def evaluate(model: tf.keras.Model, dataset) -> dict:
     model.compile(loss=_ce(), metrics=_metrics())
     loss, top1, top5 = model.evaluate(dataset, verbose=0)
     return {"top1": float(top1), "top5": float(top5), "loss": float(loss)}
-
-
-# ------------------------------------------------------------------------------------------ outputs
-
-
-def plot_history(history_path: str, png_path: str):
-    """Loss and top-1 (train and validation) per epoch, all phases side by side."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = read_rows(history_path)
-    fig = Figure(figsize=(11, 4))
-    FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    offset = 0
-    for phase in PHASES:
-        table = [r for r in rows if r["phase"] == phase]
-        if not table:
-            continue
-        x = [offset + int(r["epoch"]) for r in table]
-
-        def series(key):
-            return [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in table]
-
-        color = f"C{PHASES.index(phase)}"
-        ax_loss.plot(x, series("loss"), marker="o", color=color, label=f"{phase} train")
-        ax_loss.plot(x, series("val_loss"), marker="x", linestyle="--", color=color, label=f"{phase} val (CE)")
-        ax_acc.plot(x, series("accuracy"), marker="o", color=color, label=f"{phase} train")
-        ax_acc.plot(x, series("val_accuracy"), marker="x", linestyle="--", color=color, label=f"{phase} val")
-        offset = x[-1]
-        for ax in (ax_loss, ax_acc):
-            ax.axvline(offset + 0.5, color="0.8", linewidth=0.8)
-    ax_loss.set_title("loss")
-    ax_acc.set_title("top-1 accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch (phases in order)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-
-
-def write_model_reports(model: tf.keras.Model, run_dir: str) -> dict:
-    """``larq_summary.txt`` and ``cost.md`` of ``model``; returns the cost totals."""
-    from tfbnas.cost import model_cost
-
-    lines = []
-    lq.models.summary(model, print_fn=lines.append)
-    with open(os.path.join(run_dir, "larq_summary.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    report = model_cost(model)
-    with open(os.path.join(run_dir, "cost.md"), "w") as f:
-        f.write(report.to_markdown() + "\n\n" + report.summary_line() + "\n")
-    return report.totals()
 
 
 # --------------------------------------------------------------------------------------- the recipe
@@ -662,7 +345,7 @@ def train_model(model: tf.keras.Model, parent: Optional[tf.keras.Model] = None, 
         parent.save(os.path.join(run_dir, "parent.keras"))
         log(f"Parent test top-1 {metrics['parent_test']['top1']:.4f}")
         if config.init_from_parent:
-            _copy_weights(parent, model)
+            copy_weights(parent, model)
     teacher = parent if parent is not None and config.distill_alpha > 0 else None
 
     if config.two_stage:
@@ -692,44 +375,6 @@ def _selection(train_data: TrainData) -> str:
     if train_data.val is None:
         return "last epoch of each phase (no validation part)"
     return f"best epoch by top-1 on {train_data.sizes['val']} held-out training examples"
-
-
-def _check_same_shapes(source: tf.keras.Model, target: tf.keras.Model):
-    src, dst = source.get_weights(), target.get_weights()
-    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
-        raise ConfigError("--init_from_parent needs a Parent with the Child's weight shapes (build_parent of the "
-                          "same genotype, widths and space flags)")
-
-
-def _copy_weights(source: tf.keras.Model, target: tf.keras.Model):
-    _check_same_shapes(source, target)
-    target.set_weights(source.get_weights())
-
-
-def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
-    """A trained Parent from ``path``, checked against the dataset's input shape and classes."""
-    import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
-
-    if not os.path.exists(path):
-        raise ModelFileError(f"--parent={path} does not exist; pass a parent.keras written by a training run")
-    try:
-        parent = tf.keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, TypeError) as e:
-        raise ModelFileError(f"--parent={path} is not a loadable Keras model ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]})") from None
-    want_in, want_out = (None, *info.image_shape), (None, info.num_classes)
-    if tuple(parent.input_shape) != want_in or tuple(parent.output_shape) != want_out:
-        raise ModelFileError(f"--parent={path} maps {parent.input_shape} to {parent.output_shape} but {info.name} "
-                             f"needs {want_in} to {want_out}")
-    return parent
-
-
-def configure_runtime(config: TrainConfig):
-    """Logical CPUs, seeds and (optionally) deterministic ops, before any model is built."""
-    split_cpu(config.cpu_devices)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    tf.keras.utils.set_random_seed(config.seed)
 
 
 def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=print, verbose=None) -> TrainResult:
@@ -785,7 +430,7 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
     if config.parent:
         parent, trained = load_parent(config.parent, info), True
         if config.init_from_parent:
-            _check_same_shapes(parent, child)
+            check_same_shapes(parent, child)
     elif config.distill_alpha > 0 or config.init_from_parent:
         parent = build_parent(genotype, **kwargs)
     genotype.save(os.path.join(run_dir, "genotype.json"))
@@ -839,7 +484,7 @@ def main_from_flags(FLAGS) -> TrainResult:
     return result
 
 
-__all__ = ["TrainConfig", "TrainResult", "TrainData", "PhaseRecorder", "define_train_flags", "resolve_space",
+__all__ = ["TrainConfig", "TrainResult", "TrainData", "PhaseRecorder", "resolve_space", "configure_runtime",
            "stage1_model", "real_twin", "decayed_variables", "make_optimizer", "run_phase", "evaluate",
            "train_model", "train_child", "load_parent", "plot_history", "write_model_reports", "main_from_flags",
            "PHASES"]

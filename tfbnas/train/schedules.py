@@ -14,9 +14,8 @@ import math
 
 import tensorflow as tf
 
+from tfbnas.config import SCHEDULES  # noqa: F401  (the names, importable from here)
 from tfbnas.errors import ScheduleError  # noqa: F401  (importable from here)
-
-SCHEDULES = ("cosine", "onecycle")
 
 
 def _check_steps(total_steps):

@@ -32,50 +32,7 @@ tflags.define_data_flags()
 tflags.define_run_flags()
 tflags.define_space_flags()
 
-flags.DEFINE_enum("method", None, ["dnal", "bcnet"], "Width-search method.")
-flags.DEFINE_string("model", None, "DNAL: a .keras model, or example:vgg|resnet|binary_vgg|binary_resnet.")
-flags.DEFINE_string("genotype", None, "DNAL: a genotype.json whose Child (tfbnas.models.build_child) is pruned.")
-flags.DEFINE_enum("benchmark", None, ["channel_bench_macro_mobilenet"],
-                  "BCNet: search against this ground-truth table instead of a trained supernet.")
-flags.DEFINE_string("benchmark_path", None, "Results_MobileNet.json (default: <repo>/../shared/... or "
-                    "$TFBNAS_CHANNEL_BENCH).")
-# DNAL
-flags.DEFINE_integer("weight_epochs", 2, "DNAL stage 1: epochs of weight training (gates off).", lower_bound=0)
-flags.DEFINE_integer("gate_epochs", 1, "DNAL stage 2: epochs of gate training (delta 1 -> 1e4).", lower_bound=1)
-flags.DEFINE_integer("finetune_epochs", 1, "Epochs of finetuning the pruned / extracted model (BCNet: also of "
-                     "training the found widths with --final_training=scratch).", lower_bound=0)
-flags.DEFINE_float("lambda_a", 5e-3, "DNAL: weight of the gate penalty (more: fewer channels).", lower_bound=0.0)
-flags.DEFINE_enum("penalty", "sum", ["sum", "mean"], "DNAL: sum (paper) or mean of the gates in the penalty.")
-flags.DEFINE_float("delta_start", 1.0, "DNAL: delta at the start of stage 2.", lower_bound=1e-6)
-flags.DEFINE_float("delta_end", 1e4, "DNAL: delta at the end of stage 2.", lower_bound=1e-6)
-flags.DEFINE_enum("gate_batch_norm", "batch", ["batch", "frozen"], "DNAL stage 2: BatchNorm statistics.")
-flags.DEFINE_float("gate_lr", 0.1, "DNAL: SGD learning rate of the gates.", lower_bound=0.0)
-flags.DEFINE_float("lr", 1e-3, "Adam learning rate of weight training, supernet training and finetuning.",
-                   lower_bound=0.0)
-# BCNet
-flags.DEFINE_float("width_scale", 0.125, "BCNet: scale of the macro space's full widths (1.0 = the benchmark's).",
-                   lower_bound=1e-3)
-flags.DEFINE_bool("binary", False, "BCNet: 1-bit variant (binary 1x1 convs).")
-flags.DEFINE_integer("supernet_epochs", 1, "BCNet: epochs of supernet training.", lower_bound=0)
-flags.DEFINE_enum("cost", "flops", ["flops", "ops"], "BCNet: budgeted cost (ops = BOPs/64 + FLOPs).")
-flags.DEFINE_float("budget", None, "BCNet: budget in units of --cost (absolute).", lower_bound=0.0)
-flags.DEFINE_float("budget_fraction", None, "BCNet: budget as a fraction of the full-width cost "
-                   "(default 0.5; with --benchmark the default is the table's median FLOPs).", lower_bound=0.0)
-flags.DEFINE_enum("search", "surrogate", ["surrogate", "evolution", "random"],
-                  "BCNet: search algorithm (surrogate: tfbnas.width.surrogate.SurrogateWidthOracle; evolution uses "
-                  "the supernet's width prior).")
-flags.DEFINE_integer("max_trials", 100, "BCNet: width vectors evaluated.", lower_bound=1)
-flags.DEFINE_integer("population_size", 16, "BCNet, --search=evolution: population.", lower_bound=2)
-flags.DEFINE_enum("initial_population", "prior", ["prior", "uniform"],
-                  "BCNet, --search=evolution: initial population.")
-flags.DEFINE_integer("eval_examples", 512, "BCNet: held-out training examples that score a width vector.",
-                     lower_bound=16)
-flags.DEFINE_integer("recalibrate_examples", 512, "BCNet: training examples on which the BatchNorm statistics of "
-                     "every scored width are recalibrated before scoring (0: score with each batch's own "
-                     "statistics).", lower_bound=0)
-flags.DEFINE_enum("final_training", "finetune", ["finetune", "scratch"],
-                  "BCNet: the final model: finetune the extracted supernet path, or train the found widths from "
-                  "scratch (the paper's protocol); both for --finetune_epochs.")
+tflags.define_width_flags()
 
 _EVOLUTION_FLAGS = ("population_size", "initial_population")
 
