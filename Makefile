@@ -3,6 +3,8 @@
 PY := .venv/bin/python
 FLAGS ?= configs/fashion_mnist.flags
 PYTEST_ARGS ?=
+# pytest-xdist workers: on 2 cores two test processes keep both busy (one alone leaves one idle much of the time)
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-test run test test-fast smoke clean
 
@@ -16,10 +18,10 @@ run: setup
 	$(PY) -m tfbnas.run --flagfile=$(FLAGS)
 
 test: setup-test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup-test
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

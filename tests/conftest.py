@@ -47,6 +47,7 @@ class BackgroundRun:
     declared = []
     lane = []  # runs not started yet, in the order the selected tests need them
     lock = threading.Lock()
+    running = False  # a thread runs the lane
     factory = None  # pytest's TempPathFactory
 
     def __init__(self, module, fixture, name, argv, param=None, after=None, timeout=1800):
@@ -102,6 +103,7 @@ class BackgroundRun:
         while True:
             with cls.lock:
                 if not cls.lane:
+                    cls.running = False
                     return
                 run, waiting = cls.lane[0], cls.lane[0].after
                 if waiting is None or waiting.ended():
@@ -129,13 +131,33 @@ class BackgroundRun:
 def pytest_collection_finish(session):
     """Starts the background lane with the runs the selected tests need (none for ``--collect-only``)."""
     BackgroundRun.factory = session.config._tmp_path_factory
-    if session.config.option.collectonly:
+    if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # under pytest-xdist: see pytest_runtest_setup
+    _queue(session.items)
+
+
+_started_files = set()
+
+
+def pytest_runtest_setup(item):
+    """Under pytest-xdist (``make test``: ``--dist loadfile``) every worker collects every test but runs only
+    the files it is sent, whole: the runs of a file join this worker's lane when its first test starts."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or item.path in _started_files:
         return
-    for item in session.items:
-        for run in BackgroundRun.declared:
-            if run not in BackgroundRun.lane and run.needed_by(item):
-                BackgroundRun.lane.append(run)
-    if BackgroundRun.lane:
+    _started_files.add(item.path)
+    _queue([other for other in item.session.items if other.path == item.path])
+
+
+def _queue(items):
+    """Appends the runs ``items`` need to the lane, and starts the lane's thread unless it is running."""
+    with BackgroundRun.lock:
+        for item in items:
+            for run in BackgroundRun.declared:
+                if run.proc is None and run not in BackgroundRun.lane and run.needed_by(item):
+                    BackgroundRun.lane.append(run)
+        start = bool(BackgroundRun.lane) and not BackgroundRun.running
+        BackgroundRun.running = BackgroundRun.running or start
+    if start:
         threading.Thread(target=BackgroundRun.run_lane, name="background runs", daemon=True).start()
 
 
