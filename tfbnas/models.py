@@ -2,10 +2,11 @@
 
 :func:`build_child` turns a :class:`~tfbnas.space.genotype.Genotype` into a plain Functional Keras
 model built from the same op table as the supernet (:mod:`tfbnas.space.ops`): every binary conv is a
-``lq.layers.QuantConv2D`` that the LCE converter makes into an ``LceBconv2d``. The stem conv and the
-classifier stay real-valued. ``binary=False`` gives the Parent twin: the same layers and weight
-shapes with real-valued activations and weights, so ``child.set_weights(parent.get_weights())``
-works both ways.
+``lq.layers.QuantConv2D`` that the LCE converter makes into an ``LceBconv2d``. The stem convs and the
+classifier stay real-valued; the stem is the supernet's, chosen by the same rule from the input size
+(stride 1 for small images, 4 for ImageNet-sized ones: :func:`~tfbnas.space.table.stem_stride_for`).
+``binary=False`` gives the Parent twin: the same layers and weight shapes with real-valued activations
+and weights, so ``child.set_weights(parent.get_weights())`` works both ways.
 
 Example::
 
@@ -15,7 +16,8 @@ Example::
     child.fit(x_train, y_train)
     child.save("child.keras")          # tf.keras.models.load_model("child.keras") needs no extra code
 
-Layer names: ``stem_conv``, ``stem_bn``, ``cell{i}_pre0_*``, ``cell{i}_pre1_*``,
+Layer names: ``stem_conv``, ``stem_bn`` (stride-4 stem: ``stem_conv0``, ``stem_bn0``, ``stem_relu0``,
+``stem_conv1``, ``stem_bn1``), ``cell{i}_pre0_*``, ``cell{i}_pre1_*``,
 ``cell{i}_node{n}_from{j}_{op}_*`` (one per kept edge), ``cell{i}_node{n}_sum``, ``cell{i}_concat``,
 ``global_pool``, ``classifier``.
 """
@@ -31,7 +33,8 @@ import tensorflow as tf
 
 from tfbnas.space.genotype import Genotype
 from tfbnas.space.ops import (FoldChannels, batch_norm, check_group_policy, child_conv_bn, child_op, child_shortcut,
-                              layer_classes, real_path, SpaceError)
+                              layer_classes, real_path, stem_channels, stem_stride_for,
+                              SpaceError)
 from tfbnas.space.supernet import reduction_cells
 
 
@@ -113,10 +116,27 @@ def child_cell(s0, s1, genotype: Genotype, channels: int, reduction: bool, reduc
     return tf.keras.layers.Concatenate(name=f"{prefix}_concat")(picked)
 
 
+def child_stem(inputs, init_channels: int, stem_multiplier: int = 3, stride: int = 1):
+    """The real-valued stem in the Functional API (Child form of the :class:`~tfbnas.space.supernet.SuperNet`'s).
+
+    Stride 1: ``stem_conv`` (3x3) + ``stem_bn``. Stride 4: ``stem_conv0`` (3x3, stride 2) + ``stem_bn0`` +
+    ``stem_relu0``, then ``stem_conv1`` (3x3, stride 2) + ``stem_bn1``; widths from
+    :func:`~tfbnas.space.table.stem_channels`. Plain float ``Conv2D`` layers: LCE converts each to a float
+    ``CONV_2D`` with its BatchNorm (and ReLU) folded in.
+    """
+    conv = dict(kernel_size=3, padding="same", use_bias=False)
+    widths = stem_channels(init_channels, stem_multiplier, stride)
+    if stride == 1:
+        return batch_norm(name="stem_bn")(tf.keras.layers.Conv2D(widths[0], name="stem_conv", **conv)(inputs))
+    x = tf.keras.layers.Conv2D(widths[0], strides=2, name="stem_conv0", **conv)(inputs)
+    x = tf.keras.layers.ReLU(name="stem_relu0")(batch_norm(name="stem_bn0")(x))
+    return batch_norm(name="stem_bn1")(tf.keras.layers.Conv2D(widths[1], strides=2, name="stem_conv1", **conv)(x))
+
+
 def build_child(genotype: Union[Genotype, dict, str], num_classes: int = 10, input_shape=(28, 28, 1),
                 init_channels: int = 16, num_cells: int = 8, binary: bool = True,
                 widths: Optional[Sequence[float]] = None, name: Optional[str] = None, stem_multiplier: int = 3,
-                group_policy="lce") -> tf.keras.Model:
+                group_policy="lce", stem_stride: Optional[int] = None) -> tf.keras.Model:
     """Build the network of a genotype as a Functional Keras model.
 
     Args:
@@ -129,15 +149,17 @@ def build_child(genotype: Union[Genotype, dict, str], num_classes: int = 10, inp
         widths: optional per-cell channel multipliers (``num_cells`` positive floats, e.g. 0.5);
             a cell's channels become ``round(C * w)`` rounded up to even.
         name: model name (default ``"child"`` / ``"parent"``).
-        stem_multiplier: real-valued stem conv width is ``stem_multiplier * init_channels``.
+        stem_multiplier: the real-valued stem outputs ``stem_multiplier * init_channels`` channels.
         group_policy: group-count rule of grouped convs (``"lce"`` keeps every grouped conv binary
             in LCE; see :func:`tfbnas.space.ops.group_count`).
+        stem_stride: 1, 4 or None (chosen from ``input_shape``, as the supernet chooses it); see
+            :class:`~tfbnas.space.supernet.SuperNet`.
 
     Returns:
         A ``tf.keras.Model`` mapping images to logits.
 
     Raises:
-        SpaceError: invalid ``widths``, ``group_policy`` or sizes.
+        SpaceError: invalid ``widths``, ``group_policy``, ``stem_stride`` or sizes.
         GenotypeError: invalid genotype.
 
     Example:
@@ -155,10 +177,7 @@ def build_child(genotype: Union[Genotype, dict, str], num_classes: int = 10, inp
     binary = bool(binary)
 
     inputs = tf.keras.Input(tuple(input_shape), name="image")
-    x = tf.keras.layers.Conv2D(stem_multiplier * init_channels, 3, padding="same", use_bias=False,
-                               name="stem_conv")(inputs)
-    x = batch_norm(name="stem_bn")(x)
-    s0 = s1 = x
+    s0 = s1 = child_stem(inputs, init_channels, stem_multiplier, stem_stride_for(input_shape, stem_stride))
     reductions = reduction_cells(num_cells)
     channels, reduction_prev = init_channels, False
     for i in range(num_cells):
@@ -253,4 +272,5 @@ def custom_objects() -> Dict[str, type]:
     return objects
 
 
-__all__ = ["build_child", "build_parent", "child_cell", "clone_layers", "custom_objects", "unregistered_layers"]
+__all__ = ["build_child", "build_parent", "child_cell", "child_stem", "clone_layers", "custom_objects",
+           "unregistered_layers"]

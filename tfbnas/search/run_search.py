@@ -22,6 +22,7 @@ from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
 from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
 from tfbnas.space.supernet import SuperNet
+from tfbnas.space.table import stem_stride_for
 from tfbnas.runs import write_json
 
 
@@ -46,7 +47,7 @@ def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: 
     """The :class:`SearchModel` (compiled, variables created) for a configuration."""
     strategy = make_strategy(config.strategy, config.search_epochs, **config.strategy_kwargs())
     net_args = dict(num_classes=info.num_classes, init_channels=config.init_channels, num_cells=config.num_cells,
-                    nodes=config.nodes, preset=config.preset)
+                    nodes=config.nodes, preset=config.preset, stem_stride=stem_stride_for(info.image_shape))
     child = SuperNet(binary=True, name="child", **net_args)
     parent = SuperNet(binary=False, name="parent", **net_args) if strategy.uses_parent else None
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
@@ -161,7 +162,7 @@ def _fit_and_record(engine, config, probe, steps, out, run_dir, resume, start, l
     margins = edge_margins(child.alphas_normal.numpy(), child.alphas_reduce.numpy(), child.preset, child.nodes,
                            float(child.temperature.numpy()))
     summary = {"genotype": genotype.to_dict(), "param_free_ops": count_param_free(genotype),
-               "edge_margins": margins,
+               "edge_margins": margins, "stem_stride": child.stem_stride,
                "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
                "seconds": time.time() - start, "replicas": engine.distribute_strategy.num_replicas_in_sync,
                "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}

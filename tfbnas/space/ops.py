@@ -33,9 +33,9 @@ Both forms compute the same function given the same weights; :func:`transfer_wei
 supernet op's variables (or a fused op's slices, :class:`FusedOpView`) into its Child layers.
 
 This module gathers the op table's parts, one concept each: :mod:`tfbnas.space.table` (the table, the
-presets, the group rule), :mod:`tfbnas.space.primitives` (sign / hard-tanh, padding, shortcut, channel
-fold), :mod:`tfbnas.space.search_ops` (the supernet form), :mod:`tfbnas.space.fused` (its fused form) and
-:mod:`tfbnas.space.child_ops` (the Child form). Import from here or from the part.
+presets, the group rule, the stem-stride rule), :mod:`tfbnas.space.primitives` (sign / hard-tanh, padding,
+shortcut, channel fold), :mod:`tfbnas.space.search_ops` (the supernet form), :mod:`tfbnas.space.fused` (its fused
+form) and :mod:`tfbnas.space.child_ops` (the Child form). Import from here or from the part.
 
 A binary conv is: sign/STE input quantizer, sign kernel quantizer, ``weight_clip`` on the latent
 weights, "same" padding with +1 (LCE's fast path), then BatchNorm. The BatchNorm scale is the
@@ -54,8 +54,9 @@ from tfbnas.space.primitives import fold_channels, hard_tanh, quantize_input, sh
 from tfbnas.space.search_ops import (BinaryConvOp, FactorizedReduceOp, IdentityOp, PoolOp, SearchConvBN, SearchOp,
                                      SepConvOp, make_search_op)
 from tfbnas.space.table import (BATS_GROUPS, BN_EPSILON, BN_MOMENTUM, GROUP_POLICIES, LCE_GROUP_CHANNELS, OPS,
-                                PARAM_FREE_OPS, PRESETS, REAL_PATH_PRESETS, OpSpec, check_group_policy, group_count,
-                                lce_binary, preset_ops, real_path)
+                                PARAM_FREE_OPS, PRESETS, REAL_PATH_PRESETS, STEM_STRIDES, STRIDED_STEM_MIN_SIZE, OpSpec,
+                                check_group_policy, group_count, lce_binary, preset_ops, real_path, stem_channels,
+                                stem_stride_for)
 
 
 def layer_classes() -> Dict[str, type]:
@@ -69,7 +70,8 @@ __all__ = [
     "SpaceError", "OpSpec", "OPS", "PRESETS", "REAL_PATH_PRESETS", "real_path", "shortcut", "fold_channels",
     "FoldChannels", "child_shortcut", "PARAM_FREE_OPS", "BATS_GROUPS", "LCE_GROUP_CHANNELS",
     "GROUP_POLICIES", "BN_MOMENTUM", "BN_EPSILON", "preset_ops", "check_group_policy", "group_count",
-    "lce_binary", "HardTanh", "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN",
+    "lce_binary", "STEM_STRIDES", "STRIDED_STEM_MIN_SIZE", "stem_channels", "stem_stride_for", "HardTanh",
+    "ste_sign", "hard_tanh", "quantize_input", "SearchOp", "SearchConvBN",
     "BinaryConvOp", "SepConvOp", "PoolOp", "IdentityOp", "FactorizedReduceOp", "make_search_op", "ScaledBatchNorm",
     "FusedEdgeOps", "FusedEdgeView", "FusedOpView", "sum_tensors", "Subsample2D", "ShiftPixel", "NativeQuantConv2D",
     "quant_conv",

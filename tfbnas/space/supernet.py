@@ -13,9 +13,14 @@ The same variables run as the 1-bit Child (``binary=True``) or as the real-value
     parent_logits = model(images, training=True, binary=False)
     arch_grads = tape.gradient(loss, model.arch_variables)
     model.genotype()                                       # -> Genotype
+
+The real-valued stem has stride 1 for small images and stride 4 for ImageNet-sized ones
+(:func:`~tfbnas.space.table.stem_stride_for`), chosen at the first call unless ``stem_stride`` is given::
+
+    SuperNet(1000, init_channels=8, num_cells=3)(tf.zeros([2, 224, 224, 3]))  # cells from 56x56
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +28,10 @@ import tensorflow as tf
 from tfbnas.space.genotype import Genotype, derive_genotype, edge_index, num_edges
 from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, FusedEdgeOps, SpaceError,
                               check_group_policy, fold_channels, make_search_op, preset_ops, quantize_input,
-                              real_path, shortcut, sum_tensors)
+                              real_path, shortcut, stem_channels, stem_stride_for, sum_tensors)
+
+# The layers (attribute and layer names) of each stem, by stride.
+STEM_LAYERS = {1: ("stem_conv", "stem_bn"), 4: ("stem_conv0", "stem_bn0", "stem_conv1", "stem_bn1")}
 
 
 def reduction_cells(num_cells: int) -> List[int]:
@@ -242,12 +250,17 @@ class SuperNet(tf.keras.Model):
         nodes: intermediate nodes per cell.
         preset: op-table preset (``"dcp"`` or ``"bats"``).
         binary: default mode of ``call`` (True: 1-bit Child; False: real-valued Parent).
-        stem_multiplier: the real-valued stem conv has ``stem_multiplier * C`` channels (DARTS: 3).
+        stem_multiplier: the real-valued stem outputs ``stem_multiplier * C`` channels (DARTS: 3).
         group_policy: group-count rule of grouped convs (see :func:`tfbnas.space.ops.group_count`).
         temperature: initial softmax temperature ``T`` (BATS); held in the non-trainable
             ``model.temperature`` variable.
         fused: compute the edges leaving each node together (:class:`~tfbnas.space.ops.FusedEdgeOps`,
             the fast default) or one :class:`MixedEdge` per edge (the plain reference); the same function.
+        stem_stride: the real-valued stem: 1 (``stem_conv`` 3x3 + ``stem_bn``), 4 (``stem_conv0`` 3x3 stride 2
+            with ``C // 2`` channels + ``stem_bn0`` + ReLU, ``stem_conv1`` 3x3 stride 2 + ``stem_bn1``: DARTS's
+            ImageNet stem; widths from :func:`~tfbnas.space.table.stem_channels`) or None: chosen from the
+            image size at the first call (:func:`~tfbnas.space.table.stem_stride_for`; the other stem's
+            layers are dropped unbuilt).
 
     Attributes:
         alphas_normal, alphas_reduce: architecture parameters ``[num_edges, num_ops]``
@@ -255,6 +268,7 @@ class SuperNet(tf.keras.Model):
         arch_variables: ``[alphas_normal, alphas_reduce]``.
         weight_variables: every other trainable variable (after the model is built).
         temperature: non-trainable scalar ``tf.Variable``.
+        stem_stride: the stem's stride (None until the first call chooses it).
 
     Example:
         >>> model = SuperNet(10, init_channels=8, num_cells=3)
@@ -266,7 +280,8 @@ class SuperNet(tf.keras.Model):
 
     def __init__(self, num_classes: int = 10, init_channels: int = 16, num_cells: int = 8, nodes: int = 4,
                  preset: str = "dcp", binary: bool = True, stem_multiplier: int = 3, group_policy="lce",
-                 temperature: float = 1.0, fused: bool = True, name: str = "supernet", **kwargs):
+                 temperature: float = 1.0, fused: bool = True, stem_stride: Optional[int] = None,
+                 name: str = "supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.op_names = preset_ops(preset)
         check_group_policy(group_policy)
@@ -283,10 +298,21 @@ class SuperNet(tf.keras.Model):
         self.stem_multiplier, self.group_policy = int(stem_multiplier), group_policy
         self.initial_temperature = float(temperature)
         self.fused = bool(fused)
+        self.stem_stride = None if stem_stride is None else stem_stride_for(None, stem_stride)
 
-        c_stem = self.stem_multiplier * self.init_channels
-        self.stem_conv = tf.keras.layers.Conv2D(c_stem, 3, padding="same", use_bias=False, name="stem_conv")
-        self.stem_bn = tf.keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="stem_bn")
+        # Both stems exist until an automatic choice drops one; the stride-1 stem comes first, in its old place.
+        conv = dict(kernel_size=3, padding="same", use_bias=False)
+        bn = dict(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        if self.stem_stride in (None, 1):
+            (c_stem,) = stem_channels(self.init_channels, self.stem_multiplier, 1)
+            self.stem_conv = tf.keras.layers.Conv2D(c_stem, name="stem_conv", **conv)
+            self.stem_bn = tf.keras.layers.BatchNormalization(name="stem_bn", **bn)
+        if self.stem_stride in (None, 4):
+            c0, c1 = stem_channels(self.init_channels, self.stem_multiplier, 4)
+            self.stem_conv0 = tf.keras.layers.Conv2D(c0, strides=2, name="stem_conv0", **conv)
+            self.stem_bn0 = tf.keras.layers.BatchNormalization(name="stem_bn0", **bn)
+            self.stem_conv1 = tf.keras.layers.Conv2D(c1, strides=2, name="stem_conv1", **conv)
+            self.stem_bn1 = tf.keras.layers.BatchNormalization(name="stem_bn1", **bn)
         reductions = reduction_cells(self.num_cells)
         channels, reduction_prev = self.init_channels, False
         self.cells = []
@@ -319,11 +345,25 @@ class SuperNet(tf.keras.Model):
     def call(self, inputs, training=None, binary=None):
         binary = self.binary if binary is None else bool(binary)
         mix_normal, mix_reduce = self.mixing_weights()
-        s0 = s1 = self.stem_bn(self.stem_conv(inputs), training=training)
+        s0 = s1 = self.stem(inputs, training=training)
         for cell in self.cells:
             mix = mix_reduce if cell.reduction else mix_normal
             s0, s1 = s1, cell(s0, s1, mix, training=training, binary=binary)
         return self.classifier(self.global_pool(s1))
+
+    def stem(self, inputs, training=None):
+        """The real-valued stem's output, both inputs of the first cell: ``[N, H/s, W/s, stem_multiplier * C]``
+        for stride ``s``. The first call of a ``stem_stride=None`` supernet chooses its stem here."""
+        if self.stem_stride is None:  # the first call's image size chooses; the other stem goes, never built
+            self.stem_stride = stem_stride_for(inputs.shape)
+            for stride, names in STEM_LAYERS.items():
+                if stride != self.stem_stride:
+                    for name in names:
+                        delattr(self, name)
+        if self.stem_stride == 1:
+            return self.stem_bn(self.stem_conv(inputs), training=training)
+        x = tf.nn.relu(self.stem_bn0(self.stem_conv0(inputs), training=training))
+        return self.stem_bn1(self.stem_conv1(x), training=training)
 
     # ------------------------------------------------------------------ variables
 
@@ -383,11 +423,12 @@ class SuperNet(tf.keras.Model):
         return {"num_classes": self.num_classes, "init_channels": self.init_channels, "num_cells": self.num_cells,
                 "nodes": self.nodes, "preset": self.preset, "binary": self.binary,
                 "stem_multiplier": self.stem_multiplier, "group_policy": self.group_policy,
-                "temperature": self.initial_temperature, "fused": self.fused, "name": self.name}
+                "temperature": self.initial_temperature, "fused": self.fused, "stem_stride": self.stem_stride,
+                "name": self.name}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         return cls(**config)
 
 
-__all__ = ["MixedEdge", "SearchCell", "SuperNet", "reduction_cells"]
+__all__ = ["MixedEdge", "SearchCell", "SuperNet", "STEM_LAYERS", "reduction_cells"]

@@ -7,6 +7,8 @@ group-count rule that decides which grouped binary convs LCE can run as ``LceBco
     (5, 2)
     >>> group_count(128), lce_binary(64, 2), lce_binary(48, 2)
     (4, True, False)
+    >>> stem_stride_for((28, 28, 1)), stem_stride_for((224, 224, 3)), stem_channels(48, 3, 4)
+    (1, 4, (24, 144))
 """
 
 from typing import Dict, NamedTuple, Optional, Tuple, Union
@@ -23,6 +25,10 @@ BATS_GROUPS = 12
 # LCE binarises a grouped conv only when every group has a multiple of 32 input channels.
 LCE_GROUP_CHANNELS = 32
 GROUP_POLICIES = ("lce", "paper")
+# The real-valued stem: stride 1 (one 3x3 conv + BN) or 4 (two stride-2 3x3 convs, DARTS's ImageNet stem).
+STEM_STRIDES = (1, 4)
+# Images this tall or wide (ImageNet-sized) get the stride-4 stem; smaller ones (28x28, 32x32) stride 1.
+STRIDED_STEM_MIN_SIZE = 128
 
 
 class OpSpec(NamedTuple):
@@ -168,6 +174,51 @@ def group_count(channels: int, group_policy: Union[str, int] = "lce", max_groups
 def lce_binary(channels: int, groups: int) -> bool:
     """Whether LCE turns a binary conv with ``channels`` inputs and ``groups`` groups into LceBconv2d."""
     return groups == 1 or (channels // groups) % LCE_GROUP_CHANNELS == 0
+
+
+def stem_stride_for(input_shape, stem_stride: Optional[int] = None) -> int:
+    """The stride of the real-valued stem for images of ``input_shape``: the one owner of this rule.
+
+    ``stem_stride=None`` ("auto") chooses from the image size: 4 when the height or width is at least
+    :data:`STRIDED_STEM_MIN_SIZE` (ImageNet-sized: the first cell runs at 56x56 for 224x224 inputs, as in
+    DARTS's ImageNet network), else 1 (Fashion-MNIST, CIFAR: the first cell runs at full resolution).
+    An explicit 1 or 4 is returned as it is.
+
+    Args:
+        input_shape: ``(height, width, channels)`` (a leading batch dimension is allowed).
+        stem_stride: ``None`` (auto), 1 or 4.
+
+    Raises:
+        SpaceError: another stride, or ``None`` with an unknown or malformed image size.
+
+    Example:
+        >>> stem_stride_for((32, 32, 3)), stem_stride_for((224, 224, 3)), stem_stride_for((224, 224, 3), 1)
+        (1, 4, 1)
+    """
+    if stem_stride is not None:
+        if isinstance(stem_stride, bool) or stem_stride not in STEM_STRIDES:
+            raise SpaceError(f"stem_stride={stem_stride!r} is not a stem; use 1 (small images), 4 (ImageNet-sized) "
+                             "or None (chosen from the input size).")
+        return int(stem_stride)
+    dims = tuple(input_shape) if input_shape is not None else ()
+    if len(dims) not in (3, 4) or dims[-3] is None or dims[-2] is None:
+        raise SpaceError(f"input_shape={input_shape!r} gives no image size to choose the stem from; pass "
+                         "(height, width, channels) or stem_stride=1 or 4.")
+    return 4 if max(int(dims[-3]), int(dims[-2])) >= STRIDED_STEM_MIN_SIZE else 1
+
+
+def stem_channels(init_channels: int, stem_multiplier: int, stem_stride: int) -> Tuple[int, ...]:
+    """Output channels of each 3x3 conv of the real-valued stem (supernet and Child).
+
+    Stride 1: one conv of ``stem_multiplier * C``. Stride 4: ``C // 2`` (DARTS's ImageNet stem), then
+    ``stem_multiplier * C``: the cells get the same input width with either stem.
+
+    Example:
+        >>> stem_channels(48, 3, 1), stem_channels(48, 3, 4)
+        ((144,), (24, 144))
+    """
+    out = stem_multiplier * init_channels
+    return (out,) if stem_stride_for(None, stem_stride) == 1 else (max(1, init_channels // 2), out)
 
 
 def _check_op(name: str, preset: Optional[str] = None) -> OpSpec:

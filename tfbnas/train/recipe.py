@@ -38,6 +38,7 @@ from tfbnas.errors import ConfigError, RunDirError
 from tfbnas.search.distribute import (check_tf_config, configure_runtime, is_chief, lost_worker_errors,
                                      make_distribution, synchronized_batch_norm, worker_dir)
 from tfbnas.space.genotype import Genotype
+from tfbnas.space.table import stem_stride_for
 from tfbnas.train.distiller import Distiller
 from tfbnas.train.records import PhaseRecorder, plot_history, truncate_history, write_model_reports  # noqa: F401
 from tfbnas.train.twins import check_same_shapes, copy_weights, load_parent, real_twin, stage1_model  # noqa: F401
@@ -390,7 +391,7 @@ def train_child(config: TrainConfig, run_dir: str, resume: bool = False, log=pri
 
     Returns:
         A :class:`TrainResult`; ``run_dir`` also gets ``genotype.json`` and ``space.json`` (the
-        settled space fields). Under ``config.distribute`` every phase runs on all replicas with
+        settled space fields and the stem's stride). Under ``config.distribute`` every phase runs on all replicas with
         ``--batch_size`` as the global batch; with ``multiworker`` every worker calls this with the same
         arguments and only the chief writes ``run_dir`` (:func:`~tfbnas.search.distribute.worker_dir`).
 
@@ -423,8 +424,9 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
     os.makedirs(run_dir, exist_ok=True)
     train_data = TrainData(config)
     info = train_data.info
+    stem_stride = stem_stride_for(info.image_shape)  # the stem the genotype was searched with (same rule)
     kwargs = dict(num_classes=info.num_classes, input_shape=info.image_shape, init_channels=config.init_channels,
-                  num_cells=config.num_cells, widths=config.widths)
+                  num_cells=config.num_cells, widths=config.widths, stem_stride=stem_stride)
     child = build_child(genotype, **kwargs)
     parent, trained = None, False
     if config.parent:
@@ -435,10 +437,13 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
         parent = build_parent(genotype, **kwargs)
     genotype.save(os.path.join(run_dir, "genotype.json"))
     if not (resume and os.path.exists(os.path.join(run_dir, "space.json"))):
+        height, width = info.image_shape[:2]
         write_json(os.path.join(run_dir, "space.json"),
-                    {k: {"value": getattr(config, k), "from": sources[k]} for k in SPACE_FIELDS})
+                   {**{k: {"value": getattr(config, k), "from": sources[k]} for k in SPACE_FIELDS},
+                    "stem_stride": {"value": stem_stride, "from": f"image size {height}x{width}"}})
+    widths = f", widths {','.join(f'{w:g}' for w in config.widths)}" if config.widths else ""
     log(f"Child: {genotype.preset} genotype, {config.num_cells} cells, C={config.init_channels}, nodes "
-        f"{config.nodes}{', widths ' + ','.join(f'{w:g}' for w in config.widths) if config.widths else ''}; "
+        f"{config.nodes}, stem stride {stem_stride}{widths}; "
         f"{train_data.sizes['train']} train / {train_data.sizes['val']} val / {train_data.sizes['test']} test")
     return train_model(child, parent, config, run_dir, resume, parent_trained=trained, train_data=train_data,
                        name="child", log=log, verbose=verbose)
