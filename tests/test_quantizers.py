@@ -31,7 +31,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("quantizer,bits,sign", CASES, ids=lambda c: repr(c)[:40])
+def _case_id(value):
+    """A test id that is the same in every process (pytest-xdist compares them): no object addresses."""
+    if callable(value) and not isinstance(value, type) and hasattr(value, "__name__"):
+        return f"function:{value.__name__}"
+    if not isinstance(value, (str, int, float, bool, dict, type(None))):
+        return type(value).__name__
+    return repr(value)[:40]
+
+
+@pytest.mark.parametrize("quantizer,bits,sign", CASES, ids=_case_id)
 def test_bits_and_sign_of_every_form(quantizer, bits, sign):
     assert quantizer_bits(quantizer) == bits
     assert is_sign_quantizer(quantizer) is sign
