@@ -6,9 +6,9 @@ Every multi-worker run is two real processes, each with its own ``TF_CONFIG`` (p
 test time); nothing of TensorFlow is mocked. Worker 1 gets its own ``--output_dir`` and ``TMPDIR``, so
 "only the chief writes" is checked by both staying empty. Independent runs start together and the
 sizes are the smallest that still search or train (C=4, 3 cells, 1 node, batches of 8 or 16, 2 steps
-per epoch): most of each run is TensorFlow starting and tracing the step. Measured on a 2-core machine
-shared with other jobs: 19 minutes, 15 CPU-minutes over 13 TensorFlow processes (the search fixture
-4.5, the lost worker 5.6, training 3.4, mirrored dcp 5 minutes of wall time).
+per epoch): most of each run is TensorFlow starting and tracing the step. Measured in a full `make test`
+(two xdist workers on 2 cores, the other worker busy): the search fixture 163 s, the lost worker 251 s,
+training 119 s, mirrored dcp 192 s; all four are marked slow.
 
 Two workers against one process, same global batch: each worker takes its half of every global batch
 (TensorFlow's DATA auto-sharding after the rebatch), gradients and BatchNorm statistics are averaged
@@ -131,6 +131,7 @@ def searches(tmp_path_factory):
     return tmp, results
 
 
+@pytest.mark.slow
 def test_two_worker_search_matches_one_process(searches):
     tmp, (single, chief, worker) = searches
     for result in (single, chief, worker):
@@ -149,6 +150,7 @@ def test_two_worker_search_matches_one_process(searches):
     assert history(tmp / "chief", "temperature") == [1.0, 1.0]  # logs are means over the workers, not sums
 
 
+@pytest.mark.slow
 def test_a_lost_worker_stops_the_chief_in_one_line_and_both_resume(searches, tmp_path):
     """Worker 1 is killed once the chief has checkpointed epoch 1: the chief stops at its next collective
     (exit 1, one line naming ``--resume``); both restarted with ``--resume`` continue from the chief's
@@ -194,6 +196,7 @@ def genotype_path(tmp_path_factory):
     return str(folder / "genotype.json")
 
 
+@pytest.mark.slow
 def test_two_worker_training_matches_one_process(genotype_path, tmp_path):
     """Parent phase (compiled loss) and distilled Child phase on two workers against one process. The
     Child is binary: a latent weight near 0 whose sign flips with float order changes its outputs, so
@@ -234,6 +237,7 @@ DCP = ["--flagfile=configs/smoke.flags", "--init_channels=4", "--nodes=1", "--tr
        "--batch_size=16", "--search_epochs=2", "--search_steps_per_epoch=2", "--arch_lr=0.05"]
 
 
+@pytest.mark.slow
 def test_mirrored_dcp_matches_default(tmp_path):
     """The dcp strategy (Parent, tangent term, decoupled backtracking through merge_call assignments) on
     two logical CPUs gives the genotype of one device."""
