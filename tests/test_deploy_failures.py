@@ -81,6 +81,7 @@ def test_a_layer_nobody_registered_names_the_fix(tmp_path, monkeypatch):
     assert float(model(np.ones((1, 8, 8, 1), np.float32)).numpy().max()) == 2.0
 
 
+@pytest.mark.slow
 def test_failed_parity_exits_1_and_still_writes_the_reports(tmp_path):
     """int8 output tensors over a range of +-3 cannot hold logits in the hundreds: many classes saturate at the
     same value, the interpreter's top-1 differs from Keras's, and the check fails after writing every report."""

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfbnas.width import BCNetSupernet, insert_gates
@@ -15,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = (0.5, 0.25, 1.0, 0.75, 0.5, 0.5, 1.0)
 
 
+@pytest.mark.slow
 def test_bcnet_supernet_and_a_gated_model_load_in_a_fresh_process(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
     net = BCNetSupernet((28, 28, 1), width_scale=0.125, binary=True)
