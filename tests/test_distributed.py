@@ -17,7 +17,7 @@ what one device computes on the whole batch, up to float summation order (a mean
 means instead of one mean, a ring all-reduce). Those differences (~1e-7 relative) can flip the sign of a
 latent binary weight that sits near 0, so the runs are equal up to a tolerance, not bit for bit: the
 genotypes must be equal and the architecture probabilities within 25% of how far the search moved them
-(the same rule as tests/test_search_cli.py's mirrored test; measured: see the asserts' comments).
+(measured: see the asserts' comments).
 """
 
 import csv
