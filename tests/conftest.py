@@ -2,8 +2,9 @@
 for TensorFlow.
 
 Helpers (``from conftest import REPO, run_module``): ``REPO``, the repository root; ``run_module``, a
-``python -m module`` subprocess in the repository root; ``BackgroundRun``, a program run to its end that
-starts beside the in-process tests. Fixtures: ``bench`` (Channel-Bench-Macro), ``fashion_arrays``
+``python -m module`` subprocess in the repository root; ``trained_like``, trained-looking weights for a
+model about to be converted; ``BackgroundRun``, a program run to its end that starts beside the
+in-process tests. Fixtures: ``bench`` (Channel-Bench-Macro), ``fashion_arrays``
 (Fashion-MNIST, read once per session) and ``parse_flags`` (absl flags parsed in this process, back to
 their defaults afterwards).
 
@@ -19,7 +20,10 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
+import larq as lq  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from tfbnas.width.channel_bench import CHANNEL_BENCH_ENV, ChannelBenchMacro, default_table_path  # noqa: E402
 
@@ -30,6 +34,19 @@ def run_module(module, *args, timeout=600, env=None):
     """``python -m module args`` in the repository root (each such process pays TensorFlow's import)."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def trained_like(model, seed=0):
+    """Random latent weights and BatchNorm statistics, as after training (not the initial identity BN,
+    where integer conv sums hit exactly 0 and sign ties may break differently in Larq and LCE)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            shape = layer.gamma.shape
+            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0.0, 0.3, shape),
+                               rng.normal(0.0, 0.3, shape), rng.uniform(0.5, 2.0, shape)])
+        elif isinstance(layer, lq.layers.QuantConv2D):
+            layer.set_weights([rng.uniform(-1.0, 1.0, w.shape) for w in layer.get_weights()])
 
 
 class BackgroundRun:

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
+from conftest import trained_like
 from tfbnas.models import build_child, build_parent, custom_objects
 from tfbnas.space import Genotype, SpaceError
 from tfbnas.space.ops import NativeQuantConv2D, binary_conv_layers, lce_binary
@@ -57,19 +58,6 @@ def _images(shape, batch=4, seed=0):
     return tf.random.stateless_normal([batch, *shape], seed=(seed, 7)).numpy()
 
 
-def _trained_like(model, seed=0):
-    """Random latent weights and BatchNorm statistics, as after training (not the initial identity BN,
-    where integer conv sums hit exactly 0 and sign ties may break differently in Larq and LCE)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            shape = layer.gamma.shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0.0, 0.3, shape),
-                               rng.normal(0.0, 0.3, shape), rng.uniform(0.5, 2.0, shape)])
-        elif isinstance(layer, lq.layers.QuantConv2D):
-            layer.set_weights([rng.uniform(-1.0, 1.0, w.shape) for w in layer.get_weights()])
-
-
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)], ids=["fashion_mnist", "cifar"])
 def test_build_child_shapes_and_widths(shape, request):
     child = (request.getfixturevalue("dcp_child") if shape == (28, 28, 1) else
@@ -112,7 +100,7 @@ def test_parent_twin_shares_weight_shapes(dcp_child):
 def test_keras_file_round_trip(tmp_path, genotype, binary):
     model = build_child(genotype, input_shape=(32, 32, 3), init_channels=16, num_cells=3, binary=binary)
     x = _images((32, 32, 3))
-    _trained_like(model)
+    trained_like(model)
     path = str(tmp_path / "child.keras")
     model.save(path)
     loaded = tf.keras.models.load_model(path)  # no custom_objects: tfbnas layers are registered
@@ -167,7 +155,7 @@ def _convert_and_count(model):
 @pytest.mark.slow
 def test_dcp_child_converts_every_binary_conv_to_lce_bconv(dcp_child):
     child = dcp_child
-    _trained_like(child)
+    trained_like(child)
     flatbuffer, counts = _convert_and_count(child)
     binary = binary_conv_layers(child)
     assert counts["LceBconv2d"] == len(binary) > 20
@@ -238,7 +226,7 @@ def test_dilated_convs_sharing_an_input_still_convert_to_lce_bconv():
     cell = [("dil_conv_5x5", 0), ("dil_conv_5x5", 1), ("dil_conv_3x3", 0), ("dil_conv_3x3", 2)]
     genotype = Genotype("dcp", 2, normal=cell, reduce=cell)
     child = build_child(genotype, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
-    _trained_like(child)
+    trained_like(child)
     flatbuffer, counts = _convert_and_count(child)
     assert counts["LceBconv2d"] == len(binary_conv_layers(child)) > 15
     assert counts["CONV_2D"] == 1 and "SPACE_TO_BATCH_ND" not in counts
@@ -308,7 +296,7 @@ def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
 @pytest.mark.slow
 def test_bireal_child_converts_every_binary_conv_to_lce_bconv(tmp_path):
     child = build_child(BIREAL, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
-    _trained_like(child)
+    trained_like(child)
     counts = op_counts(lce.convert_keras_model(child))
     assert counts["LceBconv2d"] == len(binary_conv_layers(child)) > 0
     assert counts["CONV_2D"] == 1  # the real-valued stem only

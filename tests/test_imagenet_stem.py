@@ -4,13 +4,13 @@ prepared 224x224 tfds dataset, the LCE conversion and the cost model's stem FLOP
 import json
 import os
 
-import larq as lq
 import larq_compute_engine as lce
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import trained_like
 from tfbnas import data
 from tfbnas.cost import conv_macs, model_cost
 from tfbnas.deploy import flatbuffer as fbs
@@ -56,18 +56,6 @@ def data_dir(tmp_path_factory):
     builder = TinyImagenet224(data_dir=path)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return path
-
-
-def _trained_like(model, seed=0):
-    """Random latent weights and BatchNorm statistics, as after training (no exact-zero sign ties)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            shape = layer.gamma.shape
-            layer.set_weights([rng.uniform(0.5, 1.5, shape), rng.normal(0.0, 0.3, shape),
-                               rng.normal(0.0, 0.3, shape), rng.uniform(0.5, 2.0, shape)])
-        elif isinstance(layer, lq.layers.QuantConv2D):
-            layer.set_weights([rng.uniform(-1.0, 1.0, w.shape) for w in layer.get_weights()])
 
 
 def _layout(model):
@@ -186,7 +174,7 @@ def test_training_a_224x224_child_records_its_stem(data_dir, tmp_path):
 def test_a_224x224_child_converts_every_binary_conv_to_lce_bconv():
     tf.keras.utils.set_random_seed(0)
     child = build_child(GENOTYPE, input_shape=SHAPE, init_channels=C, num_cells=3)
-    _trained_like(child)
+    trained_like(child)
     assert binarization_issues(child) == []
     flatbuffer = convert_keras(child)
     ops = fbs.summarize_flatbuffer(flatbuffer).ops

@@ -186,13 +186,20 @@ def worker_dir(run_dir: Optional[str], distribution: tf.distribute.Strategy, res
         shutil.rmtree(out, ignore_errors=True)
 
 
-def synchronize_batch_norm(model: tf.keras.Model) -> list:
-    """Every BatchNormalization of ``model`` normalises with global (cross-replica) batch statistics
-    from now on (the search's supernets, which are never saved as models); returns the layers."""
-    layers = [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)]
+def _batch_norms(model: tf.keras.Model) -> list:
+    return [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)]
+
+
+def _synchronize(layers: list) -> list:
     for layer in layers:
         layer.synchronized, layer.fused = True, False
     return layers
+
+
+def synchronize_batch_norm(model: tf.keras.Model) -> list:
+    """Every BatchNormalization of ``model`` normalises with global (cross-replica) batch statistics
+    from now on (the search's supernets, which are never saved as models); returns the layers."""
+    return _synchronize(_batch_norms(model))
 
 
 @contextlib.contextmanager
@@ -203,10 +210,9 @@ def synchronized_batch_norm(model: tf.keras.Model):
     inside).
     """
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    layers = [m for m in model.submodules if isinstance(m, tf.keras.layers.BatchNormalization)] if replicas > 1 else []
+    layers = _batch_norms(model) if replicas > 1 else []
     saved = [(layer.synchronized, layer.fused) for layer in layers]
-    if layers:
-        synchronize_batch_norm(model)
+    _synchronize(layers)
     try:
         yield
     finally:
