@@ -153,21 +153,22 @@ def test_search_on_a_local_224x224_tfds_dataset(data_dir, tmp_path):
 @pytest.mark.slow
 def test_training_a_224x224_child_records_its_stem(data_dir, tmp_path):
     GENOTYPE.save(str(tmp_path / "genotype.json"))
-    # One (reduction) cell: its max pool and dilated conv have no 1x1 stride-2 conv, whose gradient on 56x56 maps
-    # crashes TensorFlow 2.18's oneDNN kernels (a factorized reduce there, e.g. in a third cell, segfaults).
+    # Three cells: the third's pre0 is a factorized reduce of the first cell's 56x56 output. Built as a stride-2
+    # 1x1 conv, its training step crashed TensorFlow 2.18's oneDNN kernels; the Child subsamples, then convs.
     # val_fraction=0: tfbnas holds out validation images only from the datasets it knows.
     config = TrainConfig(dataset=NAME, data_dir=data_dir, genotype=str(tmp_path / "genotype.json"), init_channels=C,
-                         num_cells=1, epochs=1, steps_per_epoch=1, batch_size=8, distill_alpha=0.0,
+                         num_cells=3, epochs=1, steps_per_epoch=1, batch_size=8, distill_alpha=0.0,
                          val_fraction=0.0)
     lines = []
     result = train_child(config, str(tmp_path / "train"), log=lines.append, verbose=0)
     space = json.loads((tmp_path / "train" / "space.json").read_text())
     assert space["stem_stride"] == {"value": 4, "from": "image size 224x224"}
-    assert space["num_cells"]["value"] == 1
-    assert any(line.startswith("Child: dcp genotype, 1 cells") and "stem stride 4;" in line for line in lines)
+    assert space["num_cells"]["value"] == 3
+    assert any(line.startswith("Child: dcp genotype, 3 cells") and "stem stride 4;" in line for line in lines)
     assert np.isfinite(result.metrics["test_top1"])
     child = tf.keras.models.load_model(str(tmp_path / "train" / "child.keras"))
     assert child.get_layer("stem_conv1").output_shape == (None, 56, 56, 3 * C)
+    assert child.get_layer("cell2_pre0_shift").input_shape == (None, 56, 56, C)  # a trained factorized reduce
 
 
 @pytest.mark.slow

@@ -29,9 +29,10 @@ from tfbnas.space.table import BN_EPSILON, BN_MOMENTUM, _check_op, group_count
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
 class Subsample2D(tf.keras.layers.Layer):
-    """Keep every ``stride``-th row and column, starting at ``offset``: ``x[:, o::s, o::s, :]``.
+    """Keep every ``stride``-th row and column: ``x[:, ::s, ::s, :]``.
 
-    Turns a stride-1 dilated conv into a strided one (Keras convs cannot be strided and dilated).
+    Turns a stride-1 dilated conv before it (Keras convs cannot be strided and dilated), or a 1x1 conv after
+    it (the factorized reduce), into a strided one.
 
     Args:
         stride: subsampling factor.
@@ -56,7 +57,7 @@ class Subsample2D(tf.keras.layers.Layer):
 class ShiftPixel(tf.keras.layers.Layer):
     """Shift the image one pixel up-left, zero-filling the last row and column (same shape).
 
-    The second path of the factorized reduce: a stride-2 1x1 conv after it samples the odd pixels.
+    The second path of the factorized reduce: a :class:`Subsample2D` after it keeps the odd pixels.
     Zero becomes +1 after the sign quantizer, matching the supernet form.
     """
 
@@ -186,10 +187,16 @@ def child_op(name: str, x, channels: int, stride: int = 1, binary: bool = True,
         if stride == 1:
             return x, []
         _check_even_channels(channels)
-        a, la = child_conv_bn(x, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_a")
-        shifted = ShiftPixel(name=f"{prefix}_shift")(x)
-        b, lb = child_conv_bn(shifted, channels // 2, 1, 2, binary=binary, prefix=f"{prefix}_b")
-        return tf.keras.layers.Concatenate(name=f"{prefix}_concat")([a, b]), la + lb
+        # Each half: keep every 2nd pixel, then a stride-1 1x1 conv. That is a stride-2 1x1 "same" conv exactly
+        # (it pads nothing, even or odd sizes), but TensorFlow 2.18's oneDNN kernels crash training the strided
+        # conv on 56x56 and larger maps. Same layers and weights, plus the two Subsample2D.
+        halves, layers = [], []
+        for half, y in (("a", x), ("b", ShiftPixel(name=f"{prefix}_shift")(x))):
+            y = Subsample2D(2, name=f"{prefix}_{half}_subsample")(y)
+            y, lh = child_conv_bn(y, channels // 2, 1, binary=binary, prefix=f"{prefix}_{half}")
+            halves.append(y)
+            layers += lh
+        return tf.keras.layers.Concatenate(name=f"{prefix}_concat")(halves), layers
     if spec.kind in ("max_pool", "avg_pool"):
         pool = tf.keras.layers.MaxPool2D if spec.kind == "max_pool" else tf.keras.layers.AveragePooling2D
         return pool(spec.kernel_size, strides=stride, padding="same", name=f"{prefix}_pool")(x), []
