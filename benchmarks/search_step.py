@@ -1,7 +1,7 @@
 """Search-step speed: how close one supernet step runs to the machine's convolution throughput.
 
     python benchmarks/search_step.py [--configs=smoke,fashion_mnist,cifar] [--presets=dcp,bats,bireal] [--steps=10]
-                                     [--plain] [--no_grappler]
+                                     [--plain] [--no_grappler] [--partial_channels=K] [--max_rss_gb=G]
 
 For each preset and config it measures, in one run:
 
@@ -26,7 +26,13 @@ For each preset and config it measures, in one run:
 (c) the median wall time of darts and dcp steps (after warm-up), images/s (training + validation
     images per step) and the achieved fraction of (a); the tracing time of the step function,
     the time of its first call (graph optimisation + first run) and its graph size;
-plus peak memory (RSS). ``--plain`` also times the plain supernet side by side (speed-up column).
+plus the peak memory (RSS) of each preset and config. ``--plain`` also times the plain supernet side by
+side (speed-up column).
+
+Each preset and config runs in its own process, so its peak RSS is its own. A process whose RSS passes
+``--max_rss_gb`` (default: 90 % of the memory available at the start) is stopped before the machine
+swaps or kills it; the run goes on with the next one, reports which configurations did not fit and
+exits with code 3. Exit code 0: every configuration ran.
 
 The machine is shared and noisy, so all steps of one preset and config and the reference conv (a)
 are timed in turns (one step of each, repeated ``--steps`` times): load from other processes hits
@@ -36,11 +42,13 @@ It ends with one summary line for the default Fashion-MNIST search config.
 
 import argparse
 import contextlib
-import gc
+import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +65,7 @@ from tfbnas.space.supernet import SuperNet  # noqa: E402
 # synthetic of the dataset's shape.
 CONFIG_FILES = {"smoke": "smoke.flags", "fashion_mnist": "fashion_mnist.flags", "cifar": "cifar.flags"}
 CONFIG_FIELDS = {"dataset": str, "preset": str, "init_channels": int, "num_cells": int, "nodes": int, "batch_size": int,
-                 "dcp_ggn_samples": int}
+                 "dcp_ggn_samples": int, "partial_channels": int}
 
 
 def read_config(name):
@@ -124,7 +132,8 @@ def _reachable(graph, tensors):
 
 def plain_arithmetic(preset, spec, info):
     """``(F, A, W)`` MACs per image of the plain supernet (see the module docstring)."""
-    net = SuperNet(info.num_classes, spec["init_channels"], spec["num_cells"], spec["nodes"], preset, fused=False)
+    net = SuperNet(info.num_classes, spec["init_channels"], spec["num_cells"], spec["nodes"], preset, fused=False,
+                   partial_channels=spec.get("partial_channels", 1))
     x = tf.zeros((1,) + tuple(info.image_shape))
     net(x)
     graph = tf.function(lambda t: net(t, training=True)).get_concrete_function(
@@ -164,9 +173,9 @@ def plain_supernets(plain):
         run_search.SuperNet = original
 
 
-def prepare(config_name, preset, strategy, plain=False):
+def prepare(config_name, preset, strategy, plain=False, partial_channels=None):
     """A compiled search step of one config: its function, batch, tracing and first-call times, graph size."""
-    spec = dict(CONFIGS[config_name])
+    spec = config_spec(config_name, partial_channels)
     spec.pop("preset", None)  # every preset is timed on every config's space
     info = data.KNOWN_DATASETS[spec.pop("dataset")]
     spec.setdefault("dcp_ggn_samples", 4)
@@ -202,8 +211,115 @@ def round_robin(runs, steps):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def config_spec(config_name, partial_channels=None):
+    """The fields of a config, with ``--partial_channels`` applied when given."""
+    spec = dict(CONFIGS[config_name])
+    if partial_channels is not None:
+        spec["partial_channels"] = partial_channels
+    return spec
+
+
 def rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+HEADER = (f"{'preset':6} {'config':13} {'strategy':8} {'form':6} {'GFLOP/step':>10} {'step s':>8} {'img/s':>7} "
+          f"{'GFLOP/s':>8} {'of (a)':>7} {'trace s':>8} {'first s':>8} {'graph ops':>9} {'speed-up':>8}")
+RESULT = "RESULT "  # a case's process ends with this prefix and its results as JSON
+
+
+def run_case(preset, config_name, args):
+    """One preset and config in this process: prints its table and returns its results by (strategy, form)."""
+    if args.no_grappler:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(0)
+    ref_step, ref_flops = reference_conv()
+    forms = ("plain", "fused") if args.plain else ("fused",)
+    spec = config_spec(config_name, args.partial_channels)
+    arith = plain_arithmetic(preset, spec, data.KNOWN_DATASETS[spec["dataset"]])
+    prepared = {(strategy, form): prepare(config_name, preset, strategy, form == "plain", args.partial_channels)
+                for strategy in ("darts", "dcp") for form in forms}
+    runs = {key: p["run"] for key, p in prepared.items()}
+    runs["reference"] = ref_step
+    seconds = round_robin(runs, args.steps)
+    peak = ref_flops / seconds.pop("reference") / 1e9
+    k = spec.get("partial_channels", 1)
+    print(f"\n(a) {preset}/{config_name} (batch {spec['batch_size']}, partial channels K={k}): reference dense 3x3 "
+          f"conv {PEAK['channels']}->{PEAK['channels']}, {PEAK['size']}x{PEAK['size']}, batch {PEAK['batch']}, "
+          f"fwd+bwd: {peak:.1f} GFLOP/s")
+    print(HEADER)
+    print("-" * len(HEADER))
+    results = {}
+    for (strategy, form), p in prepared.items():
+        r = {k: v for k, v in p.items() if k != "run"}
+        r.update(seconds=seconds[(strategy, form)], flops=step_flops(arith, strategy, spec["batch_size"]), peak=peak)
+        r["rate"] = r["flops"] / r["seconds"] / 1e9
+        r["images"] = p["images"] / r["seconds"]
+        results[(strategy, form)] = r
+        plain_r = results.get((strategy, "plain"))
+        speedup = f"{plain_r['seconds'] / r['seconds']:7.2f}x" if plain_r and form == "fused" else ""
+        print(f"{preset:6} {config_name:13} {strategy:8} {form:6} {r['flops'] / 1e9:10.2f} "
+              f"{r['seconds']:8.3f} {r['images']:7.1f} {r['rate']:8.1f} {r['rate'] / peak:7.1%} "
+              f"{r['trace']:8.1f} {r['first']:8.1f} {r['graph_ops']:9d} {speedup:>8}", flush=True)
+    for form in forms:
+        ratio = results[("dcp", form)]["seconds"] / results[("darts", form)]["seconds"]
+        print(f"{'':6} {config_name:13} {form}: dcp/darts step-time ratio {ratio:.2f}")
+    print(f"{'':6} {config_name:13} peak RSS {rss_mib():.0f} MiB", flush=True)
+    return results
+
+
+def memory_available_gib():
+    with open("/proc/meminfo") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["MemAvailable"].split()[0]) / 2**20
+
+
+def process_rss_gib(pid):
+    """Resident memory of a process, or 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_in_process(preset, config_name, argv, limit_gib):
+    """Runs one case as ``search_step.py --case=preset/config``, passing its output through; its results,
+    or ``None`` after stopping it at ``limit_gib`` of RSS (and the highest RSS seen)."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--case={preset}/{config_name}"] + argv,
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+    highest, stopped, lines = 0.0, threading.Event(), []
+
+    def watch():
+        nonlocal highest
+        while proc.poll() is None:
+            highest = max(highest, process_rss_gib(proc.pid))
+            if highest > limit_gib:
+                stopped.set()
+                proc.kill()
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for line in proc.stdout:
+        if line.startswith(RESULT):
+            lines.append(line[len(RESULT):])
+        else:
+            print(line, end="", flush=True)
+    proc.wait()
+    watcher.join()
+    if stopped.is_set():
+        return None, highest
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"search_step.py: {preset}/{config_name} failed (exit {proc.returncode}); see its output above")
+    results = {tuple(key.split("/")): value for key, value in json.loads(lines[-1]).items()}
+    return results, highest
 
 
 def main():
@@ -216,65 +332,55 @@ def main():
                         help="disable grappler's meta optimizer (as --graph_optimizations=false does)")
     parser.add_argument("--deterministic", action="store_true",
                         help="enable op determinism (as --deterministic, the search's default, does)")
-    args = parser.parse_args()
-    if args.no_grappler:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    if args.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    tf.keras.utils.set_random_seed(0)
+    parser.add_argument("--partial_channels", type=int, default=None,
+                        help="K of the partial-channel connections for every config (default: each config's own)")
+    parser.add_argument("--max_rss_gb", type=float, default=None,
+                        help="stop a configuration whose process passes this RSS (default: 90%% of the memory "
+                             "available at the start)")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one preset/config
+    args, argv = parser.parse_args(), [a for a in sys.argv[1:] if not a.startswith("--case")]
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            parser.error(f"--configs: unknown config {name!r}; use some of {','.join(CONFIGS)}")
+    if args.case:
+        preset, config_name = args.case.split("/")
+        results = run_case(preset, config_name, args)
+        results = {"/".join(key): {k: v for k, v in r.items()} for key, r in results.items()}
+        print(RESULT + json.dumps({**results}), flush=True)
+        return 0
 
+    limit = args.max_rss_gb or 0.9 * memory_available_gib()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, grappler "
           f"{'off' if args.no_grappler else 'on'}, op determinism {'on' if args.deterministic else 'off'}; "
-          f"steps timed in turns with the reference conv, medians of {args.steps}")
-    ref_step, ref_flops = reference_conv()
-    header = (f"{'preset':6} {'config':13} {'strategy':8} {'form':6} {'GFLOP/step':>10} {'step s':>8} {'img/s':>7} "
-              f"{'GFLOP/s':>8} {'of (a)':>7} {'trace s':>8} {'first s':>8} {'graph ops':>9} {'speed-up':>8}")
-    results = {}
-    forms = ("plain", "fused") if args.plain else ("fused",)
+          f"steps timed in turns with the reference conv, medians of {args.steps}; one process per preset and "
+          f"config, stopped above {limit:.1f} GB RSS", flush=True)
+    results, memory, stopped = {}, {}, []
     for preset in args.presets.split(","):
         for config_name in args.configs.split(","):
-            spec = CONFIGS[config_name]
-            arith = plain_arithmetic(preset, spec, data.KNOWN_DATASETS[spec["dataset"]])
-            prepared = {(strategy, form): prepare(config_name, preset, strategy, plain=form == "plain")
-                        for strategy in ("darts", "dcp") for form in forms}
-            runs = {key: p["run"] for key, p in prepared.items()}
-            runs["reference"] = ref_step
-            seconds = round_robin(runs, args.steps)
-            peak = ref_flops / seconds.pop("reference") / 1e9
-            print(f"\n(a) {preset}/{config_name}: reference dense 3x3 conv {PEAK['channels']}->{PEAK['channels']}, "
-                  f"{PEAK['size']}x{PEAK['size']}, batch {PEAK['batch']}, fwd+bwd: {peak:.1f} GFLOP/s")
-            print(header)
-            print("-" * len(header))
-            for (strategy, form), p in prepared.items():
-                r = {k: v for k, v in p.items() if k != "run"}  # keep no engine alive past its config
-                r.update(seconds=seconds[(strategy, form)], flops=step_flops(arith, strategy, spec["batch_size"]),
-                         peak=peak)
-                r["rate"] = r["flops"] / r["seconds"] / 1e9
-                r["images"] = p["images"] / r["seconds"]
-                results[(preset, config_name, strategy, form)] = r
-                plain_r = results.get((preset, config_name, strategy, "plain"))
-                speedup = f"{plain_r['seconds'] / r['seconds']:7.2f}x" if plain_r and form == "fused" else ""
-                print(f"{preset:6} {config_name:13} {strategy:8} {form:6} {r['flops'] / 1e9:10.2f} "
-                      f"{r['seconds']:8.3f} {r['images']:7.1f} {r['rate']:8.1f} {r['rate'] / peak:7.1%} "
-                      f"{r['trace']:8.1f} {r['first']:8.1f} {r['graph_ops']:9d} {speedup:>8}", flush=True)
-            for form in forms:
-                ratio = (results[(preset, config_name, "dcp", form)]["seconds"]
-                         / results[(preset, config_name, "darts", form)]["seconds"])
-                print(f"{'':6} {config_name:13} {form}: dcp/darts step-time ratio {ratio:.2f}")
-            print(f"peak RSS so far: {rss_mib():.0f} MiB", flush=True)
-            del prepared, runs
-            tf.keras.backend.clear_session()
-            gc.collect()
-    rss = rss_mib()
+            case, highest = run_in_process(preset, config_name, argv, limit)
+            if case is None:
+                stopped.append(f"{preset}/{config_name}")
+                print(f"\nstopped {preset}/{config_name}: its RSS passed {limit:.1f} GB (--max_rss_gb); it needs "
+                      "more memory than this machine gives it: try --partial_channels=4 or a smaller batch",
+                      flush=True)
+                continue
+            memory[(preset, config_name)] = highest
+            results.update({(preset, config_name) + key: r for key, r in case.items()})
+    print("\npeak RSS (GB) per preset and config: " + ", ".join(
+        f"{p}/{c} {gib:.1f}" for (p, c), gib in memory.items()) + "".join(f", {s} stopped" for s in stopped))
     preset, config_name = DEFAULT
     if (preset, config_name, "dcp", "fused") not in results:
+        if not results:
+            return 3
         preset, config_name = next(iter(results))[:2]
     d, r = results[(preset, config_name, "darts", "fused")], results[(preset, config_name, "dcp", "fused")]
     print(f"\nSUMMARY {preset}/{config_name}: dcp step {r['rate'] / r['peak']:.1%} of dense-conv throughput "
           f"({r['peak']:.0f} GFLOP/s), darts step {d['rate'] / d['peak']:.1%}; dcp/darts step-time ratio "
           f"{r['seconds'] / d['seconds']:.2f}; dcp {r['images']:.0f} img/s, darts {d['images']:.0f} img/s; "
-          f"first dcp step {r['trace'] + r['first']:.0f} s (trace {r['trace']:.0f} s); peak RSS {rss:.0f} MiB")
+          f"first dcp step {r['trace'] + r['first']:.0f} s (trace {r['trace']:.0f} s); "
+          f"peak RSS {memory[(preset, config_name)] * 1024:.0f} MiB")
+    return 3 if stopped else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,10 +20,10 @@ from tfbnas.space.ops import FusedEdgeOps, FusedOpView, ScaledBatchNorm, SpaceEr
 SHAPE = (10, 10, 3)  # 10 -> 5 -> 3: odd sizes after the reductions exercise "same" padding
 
 
-def build_pair(preset, group_policy="lce", nodes=2, num_cells=3):
+def build_pair(preset, group_policy="lce", nodes=2, num_cells=3, partial_channels=1):
     """A fused and a plain supernet of one configuration, built, with random weights copied fused -> plain."""
     args = dict(num_classes=5, init_channels=8, num_cells=num_cells, nodes=nodes, preset=preset,
-                group_policy=group_policy)
+                group_policy=group_policy, partial_channels=partial_channels)
     fused, plain = SuperNet(fused=True, **args), SuperNet(fused=False, **args)
     x = tf.zeros((2,) + SHAPE)
     fused(x)
@@ -106,8 +106,8 @@ FAST_CASE = "child-dcp"  # each case takes ~10-40 s on 2 cores: the fast tier ke
 @pytest.mark.parametrize("preset, group_policy, binary", [
     pytest.param(*case, binary, id=f"{mode}-{name}", marks=[pytest.mark.slow] * (f"{mode}-{name}" != FAST_CASE))
     for binary, mode in ((True, "child"), (False, "parent")) for name, case in PRESETS_OF_CASES.items()])
-def test_fused_equals_plain(preset, group_policy, binary):
-    fused, plain, pairs = build_pair(preset, group_policy)
+def test_fused_equals_plain(preset, group_policy, binary, partial_channels=1):
+    fused, plain, pairs = build_pair(preset, group_policy, partial_channels=partial_channels)
     assert covered_fraction(fused, pairs) == 1.0
     x = tf.random.stateless_normal((6,) + SHAPE, seed=(4, 2))
     y = tf.constant([0, 1, 2, 3, 4, 0])

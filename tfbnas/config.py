@@ -93,6 +93,7 @@ class SearchConfig(DataConfig, SpaceConfig, RuntimeConfig):
     weight_momentum: float = 0.9
     search_weight_decay: float = 3e-4
     grad_clip: float = 5.0
+    partial_channels: int = 1
     graph_optimizations: bool = True
     dcp_kl: bool = True
     dcp_kl_weight: float = 1.0

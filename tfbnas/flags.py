@@ -307,6 +307,10 @@ def define_search_flags():
     d(flags.DEFINE_float, "search_weight_decay", s.search_weight_decay,
       "L2 decay of real-valued supernet weights.", lower_bound=0.0)
     d(flags.DEFINE_float, "grad_clip", s.grad_clip, "Global-norm clip of weight gradients (0: off).", lower_bound=0.0)
+    d(flags.DEFINE_integer, "partial_channels", s.partial_channels,
+      "PC-DARTS partial-channel connections: each supernet edge sends 1/K of its input's channels through its "
+      "candidate ops (K times less mixed-op arithmetic and memory); --init_channels must divide by 2K. "
+      "1: all channels. The derived Child has every channel.", lower_bound=1)
     define_runtime_flags()
     d(flags.DEFINE_bool, "graph_optimizations", s.graph_optimizations,
       "Grappler graph optimisations of the traced step (off: about half the start-up time on CPU).")

@@ -47,7 +47,8 @@ def build_search(config: SearchConfig, info: data.DatasetInfo, steps_per_epoch: 
     """The :class:`SearchModel` (compiled, variables created) for a configuration."""
     strategy = make_strategy(config.strategy, config.search_epochs, **config.strategy_kwargs())
     net_args = dict(num_classes=info.num_classes, init_channels=config.init_channels, num_cells=config.num_cells,
-                    nodes=config.nodes, preset=config.preset, stem_stride=stem_stride_for(info.image_shape))
+                    nodes=config.nodes, preset=config.preset, stem_stride=stem_stride_for(info.image_shape),
+                    partial_channels=config.partial_channels)
     child = SuperNet(binary=True, name="child", **net_args)
     parent = SuperNet(binary=False, name="parent", **net_args) if strategy.uses_parent else None
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
@@ -90,6 +91,10 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                           f"dcp GGN micro-batches ({micro}); change --batch_size or --dcp_ggn_samples")
     if config.init_channels % 2:
         raise ConfigError(f"--init_channels={config.init_channels} must be even (factorized reduce halves it)")
+    if config.init_channels % (2 * config.partial_channels):
+        raise ConfigError(f"--partial_channels={config.partial_channels} needs --init_channels divisible by "
+                          f"{2 * config.partial_channels} (each edge's ops see C/K channels, an even count); got "
+                          f"{config.init_channels}: use a smaller --partial_channels or a wider --init_channels")
 
     info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
     examples = config.search_examples or config.train_examples

@@ -91,6 +91,36 @@ def shortcut(x, stride: int = 1):
     return x if stride == 1 else tf.nn.max_pool2d(x, 3, stride, "SAME")
 
 
+def channel_shuffle(x, groups: int):
+    """Interleave ``groups`` equal channel slices: channel ``g * (C / groups) + i`` goes to ``i * groups + g``
+    (PC-DARTS's shuffle after a partial-channel edge, so the next edge's sampled slice mixes both parts).
+
+    Example:
+        >>> channel_shuffle(tf.reshape(tf.range(6.0), [1, 1, 1, 6]), 2).numpy().ravel()
+        array([0., 3., 1., 4., 2., 5.], dtype=float32)
+    """
+    c = int(x.shape[-1])
+    if groups == 1:
+        return x
+    shape = tf.shape(x)
+    y = tf.reshape(x, tf.concat([shape[:-1], [groups, c // groups]], 0))
+    return tf.reshape(tf.transpose(y, [0, 1, 2, 4, 3]), shape)
+
+
+def partial_edge_output(y, bypass, groups: int):
+    """A partial-channel edge's output: its mixed ops' output ``y`` (the sampled ``C / groups`` channels)
+    beside the channels that skipped the ops, shuffled (PC-DARTS). ``bypass`` is already at ``y``'s
+    resolution (see :func:`partial_bypass`)."""
+    return channel_shuffle(tf.concat([y, bypass], -1), groups)
+
+
+def partial_bypass(x, sampled: int, stride: int = 1):
+    """The channels of ``x`` after the first ``sampled`` ones, which a partial-channel edge does not send
+    through its ops: as they are at stride 1, 2x2-max-pooled at stride 2 (PC-DARTS)."""
+    rest = x[..., sampled:]
+    return rest if stride == 1 else tf.nn.max_pool2d(rest, 2, stride, "SAME")
+
+
 def fold_channels(x, channels: int):
     """Parameter-free real-valued map of ``x``'s channels onto ``channels``: the mean of its consecutive
     ``channels``-wide slices (zero-padded to whole slices); ``x`` itself when the counts are equal.

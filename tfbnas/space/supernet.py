@@ -29,6 +29,7 @@ from tfbnas.space.genotype import Genotype, derive_genotype, edge_index, num_edg
 from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedReduceOp, FusedEdgeOps, SpaceError,
                               check_group_policy, fold_channels, make_search_op, preset_ops, quantize_input,
                               real_path, shortcut, stem_channels, stem_stride_for, sum_tensors)
+from tfbnas.space.primitives import partial_bypass, partial_edge_output
 
 # The layers (attribute and layer names) of each stem, by stride.
 STEM_LAYERS = {1: ("stem_conv", "stem_bn"), 4: ("stem_conv0", "stem_bn0", "stem_conv1", "stem_bn1")}
@@ -139,17 +140,27 @@ class SearchCell(tf.keras.layers.Layer):
         binary: default mode.
         group_policy: group-count rule of grouped convs.
         fused: fused edges (fast) or one :class:`MixedEdge` per edge (plain reference).
+        partial_channels: ``K`` of PC-DARTS's partial-channel connections: every edge sends only the first
+            ``C / K`` channels of its input through its candidate ops (``K`` times less arithmetic and
+            activation memory in the mixed ops); the other channels pass by (2x2 max pool at stride 2) and
+            the two parts are shuffled (:func:`~tfbnas.space.primitives.partial_edge_output`). 1: every
+            channel, plain DARTS.
 
     ``call(s0, s1, mix, training=None, binary=None)`` takes ``mix`` of shape ``[num_edges, num_ops]``;
     row ``edge_index(i, j)`` belongs to the edge ``j -> node i``.
     """
 
     def __init__(self, channels: int, reduction: bool = False, reduction_prev: bool = False, nodes: int = 4,
-                 preset: str = "dcp", binary: bool = True, group_policy="lce", fused: bool = True, **kwargs):
+                 preset: str = "dcp", binary: bool = True, group_policy="lce", fused: bool = True,
+                 partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
         self.nodes, self.preset, self.binary, self.group_policy = int(nodes), preset, bool(binary), group_policy
-        self.fused = bool(fused)
+        self.fused, self.partial_channels = bool(fused), int(partial_channels)
+        if self.partial_channels < 1 or self.channels % self.partial_channels:
+            raise SpaceError(f"partial_channels={partial_channels} must be >= 1 and divide the cell's {channels} "
+                             "channels.")
+        self.op_channels = self.channels // self.partial_channels  # what the candidate ops of an edge see
         op_names = preset_ops(preset)
         self.real_path = real_path(preset)
         # bireal: a node is the mean of its edges (0.5 x their sum: a derived node keeps two), and the real
@@ -167,9 +178,8 @@ class SearchCell(tf.keras.layers.Layer):
             # State j (inputs 0, 1, then node j - 2) feeds nodes max(0, j - 1) .. nodes - 1; the last node feeds none.
             self.targets = tuple(tuple(range(max(0, j - 1), self.nodes)) for j in range(self.nodes + 1))
             self.rows = tuple(tuple(edge_index(node, j) for node in targets) for j, targets in enumerate(self.targets))
-            self.sources = [FusedEdgeOps(op_names, self.channels, len(targets),
-                                         2 if self.reduction and j < 2 else 1, self.binary, group_policy,
-                                         name=f"from_{j}")
+            self.sources = [FusedEdgeOps(op_names, self.op_channels, len(targets), self._stride(j), self.binary,
+                                         group_policy, name=f"from_{j}")
                             for j, targets in enumerate(self.targets)]
             views = {}
             for j, (layer, rows) in enumerate(zip(self.sources, self.rows)):
@@ -180,9 +190,22 @@ class SearchCell(tf.keras.layers.Layer):
             self.mixed_edges = []
             for node in range(self.nodes):
                 for source in range(2 + node):
-                    stride = 2 if self.reduction and source < 2 else 1
-                    self.mixed_edges.append(MixedEdge(op_names, self.channels, stride, self.binary, group_policy,
-                                                      name=f"edge_{source}_{node + 2}"))
+                    self.mixed_edges.append(MixedEdge(op_names, self.op_channels, self._stride(source), self.binary,
+                                                      group_policy, name=f"edge_{source}_{node + 2}"))
+
+    def _stride(self, source: int) -> int:
+        return 2 if self.reduction and source < 2 else 1
+
+    def _sampled(self, x):
+        """The channels of state ``x`` that its edges' ops see."""
+        return x if self.partial_channels == 1 else x[..., :self.op_channels]
+
+    def _partial_outputs(self, parts, x, source: int):
+        """Edge outputs of all ``C`` channels from the ops' outputs ``parts`` on the sampled channels of ``x``."""
+        if self.partial_channels == 1:
+            return parts
+        bypass = partial_bypass(x, self.op_channels, self._stride(source))
+        return [partial_edge_output(y, bypass, self.partial_channels) for y in parts]
 
     @property
     def edges(self):
@@ -202,7 +225,8 @@ class SearchCell(tf.keras.layers.Layer):
             for node in range(self.nodes):
                 total = None
                 for source in range(2 + node):
-                    y = self.mixed_edges[e](states[source], mix[e], training=training, binary=binary)
+                    y = self.mixed_edges[e](self._sampled(states[source]), mix[e], training=training, binary=binary)
+                    (y,) = self._partial_outputs([y], states[source], source)
                     total = y if total is None else total + y
                     e += 1
                 states.append(self._node(total))
@@ -211,8 +235,9 @@ class SearchCell(tf.keras.layers.Layer):
         for j, layer in enumerate(self.sources):
             if j >= 2:  # node j - 2 is complete: all its sources come before it
                 states.append(self._node(sum_tensors(incoming[j - 2])))
-            y = layer(states[j], tf.gather(mix, self.rows[j]), training=training, binary=binary)
+            y = layer(self._sampled(states[j]), tf.gather(mix, self.rows[j]), training=training, binary=binary)
             parts = tf.split(y, len(self.targets[j]), axis=-1) if len(self.targets[j]) > 1 else [y]
+            parts = self._partial_outputs(parts, states[j], j)
             for node, part in zip(self.targets[j], parts):
                 incoming[node].append(part)
         states.append(self._node(sum_tensors(incoming[-1])))
@@ -236,7 +261,8 @@ class SearchCell(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev, "nodes": self.nodes, "preset": self.preset,
-                "binary": self.binary, "group_policy": self.group_policy, "fused": self.fused}
+                "binary": self.binary, "group_policy": self.group_policy, "fused": self.fused,
+                "partial_channels": self.partial_channels}
 
 
 @tf.keras.utils.register_keras_serializable(package="tfbnas")
@@ -256,6 +282,9 @@ class SuperNet(tf.keras.Model):
             ``model.temperature`` variable.
         fused: compute the edges leaving each node together (:class:`~tfbnas.space.ops.FusedEdgeOps`,
             the fast default) or one :class:`MixedEdge` per edge (the plain reference); the same function.
+        partial_channels: PC-DARTS's ``K``: each edge's candidate ops see ``1/K`` of its input's channels
+            (see :class:`SearchCell`); ``init_channels`` must divide by ``2K``. The derived Child has every
+            channel.
         stem_stride: the real-valued stem: 1 (``stem_conv`` 3x3 + ``stem_bn``), 4 (``stem_conv0`` 3x3 stride 2
             with ``C // 2`` channels + ``stem_bn0`` + ReLU, ``stem_conv1`` 3x3 stride 2 + ``stem_bn1``: DARTS's
             ImageNet stem; widths from :func:`~tfbnas.space.table.stem_channels`) or None: chosen from the
@@ -281,7 +310,7 @@ class SuperNet(tf.keras.Model):
     def __init__(self, num_classes: int = 10, init_channels: int = 16, num_cells: int = 8, nodes: int = 4,
                  preset: str = "dcp", binary: bool = True, stem_multiplier: int = 3, group_policy="lce",
                  temperature: float = 1.0, fused: bool = True, stem_stride: Optional[int] = None,
-                 name: str = "supernet", **kwargs):
+                 partial_channels: int = 1, name: str = "supernet", **kwargs):
         super().__init__(name=name, **kwargs)
         self.op_names = preset_ops(preset)
         check_group_policy(group_policy)
@@ -291,6 +320,12 @@ class SuperNet(tf.keras.Model):
                 raise SpaceError(f"{arg}={value!r} must be a positive integer.")
         if init_channels % 2:
             raise SpaceError(f"init_channels={init_channels} must be even (factorized reduce halves it).")
+        if isinstance(partial_channels, bool) or not isinstance(partial_channels, (int, np.integer)) or \
+                partial_channels < 1 or init_channels % (2 * partial_channels):
+            raise SpaceError(f"partial_channels={partial_channels!r} needs init_channels divisible by twice it (each "
+                             f"edge's ops see C/K channels, an even count); got init_channels={init_channels}: use "
+                             "a smaller --partial_channels or a wider --init_channels.")
+        self.partial_channels = int(partial_channels)
         if not temperature > 0:
             raise SpaceError(f"temperature={temperature!r} must be > 0.")
         self.num_classes, self.init_channels, self.num_cells = int(num_classes), int(init_channels), int(num_cells)
@@ -321,7 +356,7 @@ class SuperNet(tf.keras.Model):
             if reduction:
                 channels *= 2
             self.cells.append(SearchCell(channels, reduction, reduction_prev, self.nodes, preset, self.binary,
-                                         group_policy, self.fused, name=f"cell_{i}"))
+                                         group_policy, self.fused, self.partial_channels, name=f"cell_{i}"))
             reduction_prev = reduction
         self.global_pool = tf.keras.layers.GlobalAveragePooling2D(name="global_pool")
         self.classifier = tf.keras.layers.Dense(self.num_classes, name="classifier")
@@ -424,7 +459,7 @@ class SuperNet(tf.keras.Model):
                 "nodes": self.nodes, "preset": self.preset, "binary": self.binary,
                 "stem_multiplier": self.stem_multiplier, "group_policy": self.group_policy,
                 "temperature": self.initial_temperature, "fused": self.fused, "stem_stride": self.stem_stride,
-                "name": self.name}
+                "partial_channels": self.partial_channels, "name": self.name}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
