@@ -238,6 +238,15 @@ def test_binary_kernel_without_input_quantizer_is_refused():
 
 
 @pytest.mark.slow
+def test_the_flatbuffer_equals_lce_convert_keras_model(trained):
+    """The converter writes its own minimal SavedModel (no Keras export of every layer's functions); the
+    flatbuffer is LCE's own, byte for byte."""
+    import larq_compute_engine as lce
+
+    model = dc.with_native_convs(dc.load_keras_model(trained))
+    assert dc.convert_keras(model) == lce.convert_keras_model(model)
+
+
 def test_int8_io_needs_quantisation_statistics(trained, tmp_path):
     model = dc.load_keras_model(trained)
     with pytest.raises(DeployError, match="int8-quantised model"):

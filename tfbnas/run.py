@@ -213,7 +213,8 @@ def main(argv):
             with timer.stage(f"search ({values['strategy']})"):
                 genotype_path = stage_search(values, run_dir, resume, summary)
             _save_summary(run_dir, summary)
-        with timer.stage("train Child (Parent teacher)"):
+        teacher = values.get("parent_epochs") or values.get("parent")
+        with timer.stage("train Child (Parent teacher)" if teacher else "train Child"):
             model_path = stage_train(values, genotype_path, run_dir, resume, summary)
         _save_summary(run_dir, summary)
         if values.get("width", "none") != "none":
