@@ -80,11 +80,12 @@ def test_the_ops_see_c_over_k_channels_and_the_rest_passes_untouched():
 
 
 def test_widths_it_cannot_split_are_one_error():
-    with pytest.raises(SpaceError, match="partial_channels=4 needs init_channels divisible by twice it"):
+    with pytest.raises(SpaceError, match="--partial_channels=4 needs --init_channels divisible by twice it"):
         SuperNet(5, init_channels=12, num_cells=3, partial_channels=4)
     result = subprocess.run([sys.executable, "-m", "tfbnas.search", "--flagfile=configs/smoke.flags",
                              "--partial_channels=3", "--output_dir=/nonexistent/never"], cwd=REPO,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     ours = [line for line in result.stderr.splitlines() if line.startswith("tfbnas.search")]
-    assert len(ours) == 1 and "--partial_channels=3 needs --init_channels divisible by 6" in ours[0], result.stderr
+    assert len(ours) == 1 and "got 8:" in ours[0], result.stderr[-2000:]
+    assert "--partial_channels=3 needs --init_channels divisible by twice it" in ours[0]

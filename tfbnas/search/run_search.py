@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tfbnas import data, runs
 from tfbnas.config import SearchConfig  # noqa: F401  (importable from here)
-from tfbnas.errors import ConfigError, RunDirError, SearchDiverged
+from tfbnas.errors import ConfigError, RunDirError, SearchDiverged, SpaceError
 from tfbnas.flags import flag_values, saved_flag_values, write_flags
 from tfbnas.search.callbacks import NanGuard, SearchRecorder, StrategySchedule, truncate_records
 from tfbnas.search.distribute import (check_tf_config, configure_runtime, is_chief, lost_worker_errors,
@@ -22,7 +22,7 @@ from tfbnas.search.engine import SearchModel
 from tfbnas.search.strategies import make_strategy
 from tfbnas.space.genotype import count_param_free, edge_margins, plot_cell
 from tfbnas.space.supernet import SuperNet
-from tfbnas.space.table import stem_stride_for
+from tfbnas.space.table import check_partial_channels, stem_stride_for
 from tfbnas.runs import write_json
 
 
@@ -91,10 +91,10 @@ def search(config: SearchConfig, run_dir: str, resume: bool = False, log=print, 
                           f"dcp GGN micro-batches ({micro}); change --batch_size or --dcp_ggn_samples")
     if config.init_channels % 2:
         raise ConfigError(f"--init_channels={config.init_channels} must be even (factorized reduce halves it)")
-    if config.init_channels % (2 * config.partial_channels):
-        raise ConfigError(f"--partial_channels={config.partial_channels} needs --init_channels divisible by "
-                          f"{2 * config.partial_channels} (each edge's ops see C/K channels, an even count); got "
-                          f"{config.init_channels}: use a smaller --partial_channels or a wider --init_channels")
+    try:
+        check_partial_channels(config.init_channels, config.partial_channels)
+    except SpaceError as e:
+        raise ConfigError(str(e)) from None
 
     info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
     examples = config.search_examples or config.train_examples

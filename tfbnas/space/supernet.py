@@ -30,6 +30,7 @@ from tfbnas.space.ops import (BN_EPSILON, BN_MOMENTUM, BinaryConvOp, FactorizedR
                               check_group_policy, fold_channels, make_search_op, preset_ops, quantize_input,
                               real_path, shortcut, stem_channels, stem_stride_for, sum_tensors)
 from tfbnas.space.primitives import partial_bypass, partial_edge_output
+from tfbnas.space.table import check_partial_channels
 
 # The layers (attribute and layer names) of each stem, by stride.
 STEM_LAYERS = {1: ("stem_conv", "stem_bn"), 4: ("stem_conv0", "stem_bn0", "stem_conv1", "stem_bn1")}
@@ -320,12 +321,7 @@ class SuperNet(tf.keras.Model):
                 raise SpaceError(f"{arg}={value!r} must be a positive integer.")
         if init_channels % 2:
             raise SpaceError(f"init_channels={init_channels} must be even (factorized reduce halves it).")
-        if isinstance(partial_channels, bool) or not isinstance(partial_channels, (int, np.integer)) or \
-                partial_channels < 1 or init_channels % (2 * partial_channels):
-            raise SpaceError(f"partial_channels={partial_channels!r} needs init_channels divisible by twice it (each "
-                             f"edge's ops see C/K channels, an even count); got init_channels={init_channels}: use "
-                             "a smaller --partial_channels or a wider --init_channels.")
-        self.partial_channels = int(partial_channels)
+        self.partial_channels = check_partial_channels(init_channels, partial_channels)
         if not temperature > 0:
             raise SpaceError(f"temperature={temperature!r} must be > 0.")
         self.num_classes, self.init_channels, self.num_cells = int(num_classes), int(init_channels), int(num_cells)

@@ -11,6 +11,7 @@ group-count rule that decides which grouped binary convs LCE can run as ``LceBco
     (1, 4, (24, 144))
 """
 
+import numbers
 from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 from tfbnas.errors import SpaceError
@@ -102,6 +103,21 @@ REAL_PATH_PRESETS = frozenset({"bireal"})
 
 # Ops without learnable kxk weights (DARTS convention: skip counts as parameter-free).
 PARAM_FREE_OPS = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
+
+
+def check_partial_channels(init_channels: int, partial_channels) -> int:
+    """The partial-channel ``K`` of a supernet of ``init_channels``: each edge's ops see ``C / K`` channels of every
+    cell (C, 2C, 4C), an even count (the factorized reduce halves it), so ``init_channels`` divides by ``2K``.
+
+    Raises:
+        SpaceError: ``K`` not a positive integer, or ``init_channels`` does not divide by ``2K``.
+    """
+    k = partial_channels
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1 or init_channels % (2 * k):
+        raise SpaceError(f"--partial_channels={k!r} needs --init_channels divisible by twice it (each edge's ops see "
+                         f"C/K channels, an even count); got {init_channels}: use a smaller --partial_channels or a "
+                         "wider --init_channels")
+    return int(k)
 
 
 def preset_ops(preset: str) -> Tuple[str, ...]:
