@@ -49,7 +49,8 @@ def test_k1_is_the_full_supernet(fused):
     np.testing.assert_array_equal(a(x, training=True).numpy(), b(x, training=True).numpy())
 
 
-@pytest.mark.parametrize("preset, binary", [("dcp", True), ("bats", False), ("bireal", True)])
+@pytest.mark.parametrize("preset, binary", [("dcp", True), pytest.param("bats", False, marks=pytest.mark.slow),
+                                            pytest.param("bireal", True, marks=pytest.mark.slow)])
 def test_fused_equals_plain_with_partial_channels(preset, binary):
     fast_path.test_fused_equals_plain(preset, "lce", binary, partial_channels=2)
 
