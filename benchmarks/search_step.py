@@ -367,7 +367,7 @@ def main():
             memory[(preset, config_name)] = highest
             results.update({(preset, config_name) + key: r for key, r in case.items()})
     print("\npeak RSS (GB) per preset and config: " + ", ".join(
-        f"{p}/{c} {gib:.1f}" for (p, c), gib in memory.items()) + "".join(f", {s} stopped" for s in stopped))
+        [f"{p}/{c} {gib:.1f}" for (p, c), gib in memory.items()] + [f"{s} stopped" for s in stopped]))
     preset, config_name = DEFAULT
     if (preset, config_name, "dcp", "fused") not in results:
         if not results:
