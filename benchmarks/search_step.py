@@ -345,8 +345,7 @@ def main():
     if args.case:
         preset, config_name = args.case.split("/")
         results = run_case(preset, config_name, args)
-        results = {"/".join(key): {k: v for k, v in r.items()} for key, r in results.items()}
-        print(RESULT + json.dumps({**results}), flush=True)
+        print(RESULT + json.dumps({"/".join(key): r for key, r in results.items()}), flush=True)
         return 0
 
     limit = args.max_rss_gb or 0.9 * memory_available_gib()
