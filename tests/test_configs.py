@@ -37,6 +37,18 @@ def parsed():
     flags.FLAGS.unparse_flags()
 
 
+def test_the_parent_teacher_follows_the_config(parsed):
+    """The default trains on labels (no Parent phase, no distillation), the full config under a Parent; a given
+    Parent file is a teacher only with distillation or initialisation from it."""
+    assert not TrainConfig.from_flags(parsed(os.path.join(REPO, "configs", "fashion_mnist.flags"))).parent_teacher()
+    assert TrainConfig.from_flags(parsed(os.path.join(REPO, "configs", "fashion_mnist_full.flags"))).parent_teacher()
+    assert TrainConfig().parent_teacher()  # distill_alpha 0.9, a Parent phase of --epochs
+    assert not TrainConfig(parent_epochs=0).parent_teacher()
+    assert TrainConfig(parent_epochs=0, parent="parent.keras").parent_teacher()
+    assert not TrainConfig(parent="parent.keras", distill_alpha=0.0).parent_teacher()
+    assert TrainConfig(parent="parent.keras", distill_alpha=0.0, init_from_parent=True).parent_teacher()
+
+
 def test_the_shipped_configs_are_found():
     assert {os.path.basename(p) for p in CONFIGS} >= {"fashion_mnist.flags", "cifar.flags", "imagenet.flags",
                                                      "smoke.flags"}

@@ -176,6 +176,15 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
             return self.stage1_epochs or self.epochs
         return self.epochs
 
+    def learns_from_parent(self) -> bool:
+        """Whether the recipe uses a Parent at all: the Child is distilled from it or initialised from it."""
+        return self.distill_alpha > 0 or self.init_from_parent
+
+    def parent_teacher(self) -> bool:
+        """Whether the main job's Child trains under a Parent: :meth:`learns_from_parent`, with a Parent that is
+        given (``--parent``) or trained first (a Parent phase of at least one epoch)."""
+        return self.learns_from_parent() and bool(self.parent or self.phase_epochs("parent"))
+
     def check(self):
         """Raise :class:`ConfigError` for values no run can use."""
         if self.optimizer not in OPTIMIZERS:

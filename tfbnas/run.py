@@ -29,6 +29,7 @@ from absl import flags, logging
 
 import tfbnas  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from tfbnas import data, flags as tflags, runs
+from tfbnas.config import TrainConfig
 from tfbnas.errors import EXIT_INTERRUPTED
 from tfbnas.report import write_report
 from tfbnas.runs import write_json
@@ -213,7 +214,7 @@ def main(argv):
             with timer.stage(f"search ({values['strategy']})"):
                 genotype_path = stage_search(values, run_dir, resume, summary)
             _save_summary(run_dir, summary)
-        teacher = values.get("parent_epochs") or values.get("parent")
+        teacher = TrainConfig.from_flags(values).parent_teacher()
         with timer.stage("train Child (Parent teacher)" if teacher else "train Child"):
             model_path = stage_train(values, genotype_path, run_dir, resume, summary)
         _save_summary(run_dir, summary)

@@ -331,9 +331,8 @@ def train_model(model: tf.keras.Model, parent: Optional[tf.keras.Model] = None, 
     seconds = {}
     metrics = {"sizes": train_data.sizes, "selection": _selection(train_data), "phases": {}}
 
-    uses_teacher = config.distill_alpha > 0 or config.init_from_parent
     if parent is not None and not parent_trained:
-        if not uses_teacher or not config.phase_epochs("parent"):
+        if not config.learns_from_parent() or not config.phase_epochs("parent"):
             log("no Parent phase (--parent_epochs=0 or --distill_alpha=0): training on labels only")
             parent = None
         else:
@@ -433,7 +432,7 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
         parent, trained = load_parent(config.parent, info), True
         if config.init_from_parent:
             check_same_shapes(parent, child)
-    elif config.distill_alpha > 0 or config.init_from_parent:
+    elif config.learns_from_parent():
         parent = build_parent(genotype, **kwargs)
     genotype.save(os.path.join(run_dir, "genotype.json"))
     if not (resume and os.path.exists(os.path.join(run_dir, "space.json"))):
