@@ -1,7 +1,6 @@
 """Deploy conversion: a small Larq model trained on real Fashion-MNIST → LCE flatbuffer, parity, reports, errors."""
 
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -16,6 +15,7 @@ import tensorflow as tf
 
 from conftest import BackgroundRun
 from tfbnas import data
+from tfbnas.cost import model_cost
 from tfbnas.deploy import DeployError, ParityError, convert as dc, flatbuffer as fbs, parity as par
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,16 +137,19 @@ def test_binary_parts_are_at_most_a_tenth_of_float(converted):
 
 
 @pytest.mark.slow
-def test_cost_fields_when_cost_model_is_present(converted):
+def test_cost_fields_are_the_cost_models_totals(converted, trained):
     _, report = converted
-    try:
-        importlib.import_module("tfbnas.cost")
-    except ImportError:
-        assert report["cost"] is None and "not available" in report["cost_note"]
-        return
-    cost = report["cost"]
-    assert cost["bops"] > 0 and cost["flops"] > 0
-    assert cost["ops"] == pytest.approx(cost["bops"] / 64 + cost["flops"])
+    assert report["cost"] == model_cost(dc.load_keras_model(trained)).totals()
+    assert report["cost"]["bops"] > 0 and report["cost"]["flops"] > 0
+    assert report["cost_note"].startswith("from tfbnas.cost.model_cost")
+
+
+def test_a_model_the_cost_model_cannot_count_still_gets_a_note():
+    inputs = tf.keras.Input((None, None, 1))  # unknown spatial size: no op count
+    model = tf.keras.Model(inputs, tf.keras.layers.GlobalAveragePooling2D()(
+        lq.layers.QuantConv2D(4, 3, kernel_quantizer="ste_sign", use_bias=False)(inputs)))
+    cost, note = dc._cost(model)
+    assert cost is None and "unknown dimensions" in note and note.endswith("BOPs/FLOPs/OPs left out")
 
 
 @pytest.mark.slow

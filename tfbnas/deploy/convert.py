@@ -5,7 +5,7 @@
 1. load the ``.keras`` model (tfbnas's custom layers are registered first);
 2. inspect it for layers LCE cannot make binary (:func:`tfbnas.deploy.lint.binarization_issues`) and refuse them,
    naming the layer and the change, unless float fallback is allowed;
-3. convert with ``lce.convert_keras_model`` (:func:`convert_keras`);
+3. convert with Larq Compute Engine (:func:`convert_keras`);
 4. parity check on real test images through Keras and ``lce.testing.Interpreter``;
 5. compare with a float reference (the same model without quantizers, or a given Parent);
 6. write ``<output>.json`` and ``<output>.md`` next to the flatbuffer.
@@ -17,7 +17,6 @@ Example:
 """
 
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import os
@@ -28,13 +27,13 @@ import zipfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import larq as lq
-import numpy as np
 import tensorflow as tf
 
 from tfbnas.deploy import DeployError
 from tfbnas.deploy import flatbuffer as fbs
 from tfbnas.deploy import parity as par
 from tfbnas.deploy.lint import BinarizationIssue, all_layers, binarization_issues, expected_binary_convs  # noqa: F401
+from tfbnas.cost import CostModelError, UncountedLayerWarning, model_cost
 from tfbnas.runs import write_json
 
 # --target choices → LCE's `target` argument. LCE knows "arm" (generic TFLite; the same flatbuffer runs
@@ -311,39 +310,21 @@ def convert_keras(model, *, target: str = "arm", int8_io: bool = False,
 # ------------------------------------------------------------------------------------------------ cost
 
 
-def model_cost(model) -> Tuple[Optional[dict], str]:
-    """BOPs / FLOPs / OPs of a Keras model from ``tfbnas.cost.model_cost`` when that is available.
+def _cost(model) -> Tuple[Optional[dict], str]:
+    """The model's cost totals (:func:`tfbnas.cost.model_cost`) and the report's note on them.
 
-    Returns:
-        ``(numbers or None, note)``; OPs are filled in as ``BOPs/64 + FLOPs`` when missing.
+    A model the cost model cannot count is still converted: its totals are None and the note says why.
     """
     try:
-        from tfbnas.cost import model_cost as cost_fn
-    except ImportError as e:
-        return None, f"tfbnas.cost is not available ({e}); BOPs/FLOPs/OPs left out"
-    try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # uncounted layers are listed in the note instead
-            raw = cost_fn(model)
-    except Exception as e:
-        return None, f"tfbnas.cost.model_cost failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            warnings.simplefilter("ignore", UncountedLayerWarning)  # the note names them instead
+            report = model_cost(model)
+    except CostModelError as e:
+        return None, f"tfbnas.cost.model_cost cannot count this model ({str(e).splitlines()[0]}); BOPs/FLOPs/OPs left out"
     note = "from tfbnas.cost.model_cost (OPs = BOPs/64 + FLOPs)"
-    if getattr(raw, "uncounted", None):
-        note += f"; layers without an op count: {', '.join(raw.uncounted)}"
-    if callable(getattr(raw, "totals", None)):
-        raw = raw.totals()
-    elif dataclasses.is_dataclass(raw):
-        raw = dataclasses.asdict(raw)
-    elif hasattr(raw, "_asdict"):
-        raw = raw._asdict()
-    elif not isinstance(raw, dict):
-        raw = {k: v for k, v in vars(raw).items() if not k.startswith("_")}
-    numbers = {k: v for k, v in raw.items() if isinstance(v, (int, float, np.integer, np.floating))}
-    numbers = {k: (int(v) if float(v).is_integer() else float(v)) for k, v in numbers.items()}
-    lower = {k.lower(): k for k in numbers}
-    if "ops" not in lower and "bops" in lower and "flops" in lower:
-        numbers["ops"] = numbers[lower["bops"]] / 64 + numbers[lower["flops"]]
-    return numbers, note
+    if report.uncounted:
+        note += f"; layers without an op count: {', '.join(report.uncounted)}"
+    return report.totals(), note
 
 
 # --------------------------------------------------------------------------------------------- reports
@@ -561,7 +542,7 @@ def convert_model_file(model_path: str, output_path: str, *, target: str = "arm"
         "binarization": {"issues": [str(i) for i in issues], "expected_binary_convs": expected,
                          "converter_messages": messages},
     }
-    cost, report["cost_note"] = model_cost(model)
+    cost, report["cost_note"] = _cost(model)
     report["cost"] = cost
     reference, source, converted_here = _float_reference(model, float_model, target, use_float_twin, notes,
                                                          strip_names)
