@@ -201,12 +201,12 @@ class SearchCell(tf.keras.layers.Layer):
         """The channels of state ``x`` that its edges' ops see."""
         return x if self.partial_channels == 1 else x[..., :self.op_channels]
 
-    def _partial_outputs(self, parts, x, source: int):
-        """Edge outputs of all ``C`` channels from the ops' outputs ``parts`` on the sampled channels of ``x``."""
+    def _partial_output(self, y, x, source: int):
+        """The plain form's edge output of all ``C`` channels from its ops' output ``y`` on the sampled
+        channels of ``x``."""
         if self.partial_channels == 1:
-            return parts
-        bypass = partial_bypass(x, self.op_channels, self._stride(source))
-        return [partial_edge_output(y, bypass, self.partial_channels) for y in parts]
+            return y
+        return partial_edge_output(y, partial_bypass(x, self.op_channels, self._stride(source)), self.partial_channels)
 
     @property
     def edges(self):
@@ -227,22 +227,35 @@ class SearchCell(tf.keras.layers.Layer):
                 total = None
                 for source in range(2 + node):
                     y = self.mixed_edges[e](self._sampled(states[source]), mix[e], training=training, binary=binary)
-                    (y,) = self._partial_outputs([y], states[source], source)
+                    y = self._partial_output(y, states[source], source)
                     total = y if total is None else total + y
                     e += 1
                 states.append(self._node(total))
             return tf.concat(states[2:], axis=-1)
+        # Per node: its edges' op outputs and (partial channels) the bypassed channels of their sources.
+        # The shuffle of a concatenation is a permutation, so the node's sum is one concatenation and one
+        # shuffle of the two sums instead of one per edge (the same values as the plain form's).
         incoming = [[] for _ in range(self.nodes)]
+        bypassed = [[] for _ in range(self.nodes)]
         for j, layer in enumerate(self.sources):
             if j >= 2:  # node j - 2 is complete: all its sources come before it
-                states.append(self._node(sum_tensors(incoming[j - 2])))
+                states.append(self._node_sum(incoming[j - 2], bypassed[j - 2]))
             y = layer(self._sampled(states[j]), tf.gather(mix, self.rows[j]), training=training, binary=binary)
             parts = tf.split(y, len(self.targets[j]), axis=-1) if len(self.targets[j]) > 1 else [y]
-            parts = self._partial_outputs(parts, states[j], j)
+            bypass = (partial_bypass(states[j], self.op_channels, self._stride(j)) if self.partial_channels > 1
+                      else None)
             for node, part in zip(self.targets[j], parts):
                 incoming[node].append(part)
-        states.append(self._node(sum_tensors(incoming[-1])))
+                bypassed[node].append(bypass)
+        states.append(self._node_sum(incoming[-1], bypassed[-1]))
         return tf.concat(states[2:], axis=-1)
+
+    def _node_sum(self, outputs, bypassed):
+        """A node of the fused form from its edges' op outputs and their sources' bypassed channels."""
+        total = sum_tensors(outputs)
+        if self.partial_channels > 1:
+            total = partial_edge_output(total, sum_tensors(bypassed), self.partial_channels)
+        return self._node(total)
 
     def _node(self, total):
         return total * self.node_scale if self.node_scale != 1.0 else total
