@@ -171,6 +171,7 @@ def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
     assert "train 2048, test 512, search_train (subset) 128, search_val (subset) 128" in report
     for picture in ("search/cell_normal.png", "search/alphas.png", "train/curves.png"):
         assert picture in report and (out / picture).exists()
+    assert summary["search"]["stem_stride"] == 1 and "; stem stride 1." in report  # 28x28 images: stride-1 stem
     kept = summary["search"]["edge_margins"]["normal"][0]  # the margin table names each kept edge's op
     assert f"| normal | 0 | {kept['source']} | `{kept['op']}` | {kept['p']:.3f} |" in report
     assert "Child test top-1" in result.stdout and "TFLite" in result.stdout

@@ -55,7 +55,7 @@ def _summary() -> dict:
         "search": {"strategy": "dcp", "epochs": 2, "steps_per_epoch": 16, "seconds": 60.5, "param_free_ops": 1,
                    "genotype_text": GENOTYPE_TEXT, "cell_normal": "search/cell_normal.png",
                    "cell_reduce": "search/cell_reduce.png", "alphas_plot": "search/alphas.png",
-                   "edge_margins": margins},
+                   "edge_margins": margins, "stem_stride": 4},
         "width": {"method": "dnal", "settings": {"budget": 0.5}, "tau": 0.25, "epochs": 1,
                   "cells": [{"cell": 0, "before": 8, "after": 6, "multiplier": 0.75}],
                   "ops_before": 2.0e6, "ops_after": 0.9e6, "top1_before": 0.81, "top1_after": 0.79,
@@ -91,6 +91,7 @@ def test_markdown_has_every_section_and_relative_pictures(tmp_path):
         assert f"]({name})" in text
     assert "cell_reduce.png" not in text  # a picture that was never drawn is left out of the Markdown
     assert "```\n" + GENOTYPE_TEXT + "\n```" in text
+    assert "parameter-free ops in the genotype: 1; stem stride 4." in text
     assert (run_dir / "summary.json").exists()
 
 

@@ -74,7 +74,8 @@ def build_report(summary: Dict, run_dir: str) -> str:
         out += ["## Search", "",
                 f"Strategy `{search.get('strategy')}`, {search.get('epochs')} epochs of {search.get('steps_per_epoch')} "
                 f"steps, {_fmt(search.get('seconds'), 0)} s; parameter-free ops in the genotype: "
-                f"{search.get('param_free_ops')}.", ""]
+                f"{search.get('param_free_ops')}"
+                + (f"; stem stride {search['stem_stride']}" if search.get("stem_stride") else "") + ".", ""]
         if search.get("genotype_text"):
             out += ["```", search["genotype_text"], "```", ""]
         out += _picture(run_dir, search.get("cell_normal"), "normal cell")

@@ -79,7 +79,8 @@ def stage_search(values, run_dir, resume, summary):
         "strategy": done["strategy"], "epochs": done["epochs"], "steps_per_epoch": done["steps_per_epoch"],
         "seconds": done["seconds"], "param_free_ops": done["param_free_ops"], "genotype_text": str(genotype),
         "cell_normal": "search/cell_normal.png", "cell_reduce": "search/cell_reduce.png",
-        "alphas_plot": "search/alphas.png", "edge_margins": done.get("edge_margins")}
+        "alphas_plot": "search/alphas.png", "edge_margins": done.get("edge_margins"),
+        "stem_stride": done.get("stem_stride")}
     return os.path.join(search_dir, "genotype.json")
 
 
