@@ -146,3 +146,45 @@ def test_bats_schedule_and_teacher(batch):
     assert logs["w_kl"] > 0 and "tangent" not in logs
     for p, c in zip(engine.parent.arch_variables, child_alphas):
         np.testing.assert_array_equal(p.numpy(), c)  # the teacher evaluated the Child's architecture of this step
+
+
+def _descendants(ops):
+    """Every op reachable from ``ops`` through data and control edges."""
+    seen, todo = set(), list(ops)
+    while todo:
+        op = todo.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        todo.extend(c for t in op.outputs for c in t.consumers())
+        todo.extend(op._control_outputs)
+    return seen
+
+
+def _ops_on(graph, variables, types):
+    """Ops of ``types`` in ``graph`` whose first input is the handle of one of ``variables``."""
+    handles = {graph.captures[i][1].name for i, (outer, _) in enumerate(graph.captures)
+               if any(outer is v.handle for v in variables)}
+    return [op for op in graph.get_operations() if op.type in types and op.inputs and op.inputs[0].name in handles]
+
+
+WRITES = ("AssignVariableOp", "AssignSubVariableOp", "AssignAddVariableOp")
+
+
+@pytest.mark.slow
+def test_the_childs_passes_wait_for_the_parents_weight_update(batch):
+    """One supernet pass at a time (peak memory): every conv of the Child's passes in a dcp step runs after
+    the Parent's weight update (without the ordering, the executor may run the Child's architecture pass
+    beside the Parent's), and the Child's weight update after its architecture update."""
+    engine = make_engine("dcp")
+    graph = tf.function(engine.train_step).get_concrete_function(batch).graph
+    parent_updates = _ops_on(graph, engine.parent.weight_variables, WRITES)
+    arch_updates = _ops_on(graph, engine.child.arch_variables, WRITES)
+    child_updates = _ops_on(graph, engine.child.weight_variables, WRITES)
+    child_convs = [op for op in graph.get_operations()
+                   if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul") and op.name.startswith("child/")]
+    assert parent_updates and arch_updates and child_updates and child_convs
+    after_parent = _descendants(parent_updates)
+    assert [op.name for op in child_convs if op.name not in after_parent] == []
+    after_arch = _descendants(arch_updates)
+    assert [op.name for op in child_updates if op.name not in after_arch] == []

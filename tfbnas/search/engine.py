@@ -261,8 +261,12 @@ class SearchModel(tf.keras.Model):
         if self.parent is not None:
             tangent, teacher_val, teacher_train, parent_logs = self.parent_phase(x_train, y_train, x_val, y_val)
             logs.update(parent_logs)
+            # One supernet pass at a time: nothing ties the Child's passes to the Parent's, so the executor
+            # would run them side by side and keep both tapes' activations alive (peak memory).
+            x_val, x_train = _after_update(self.parent.weight_variables, x_val, x_train)
         if self.arch_enabled:
             logs.update(self.arch_phase(x_val, y_val, teacher_val, tangent))
+            (x_train,) = _after_update(self.child.arch_variables, x_train)
         logs.update(self.weight_phase(x_train, y_train, teacher_train))
         logs["temperature"] = tf.convert_to_tensor(self.child.temperature)
         return _replica_mean_logs(logs)
@@ -272,6 +276,14 @@ class SearchModel(tf.keras.Model):
         x, y = data
         logits = self.child(x, training=False, binary=self.child_binary)
         return _replica_mean_logs({"loss": tf.reduce_mean(strategy_ce(logits, y)), "accuracy": _accuracy(logits, y)})
+
+
+def _after_update(variables, *tensors):
+    """``tensors``, available to later ops only once the updates of ``variables`` written so far are done
+    (a read of a variable is ordered after its writes; the weight updates wait for the whole gradient,
+    which their global-norm clip needs, the architecture update for its gradient)."""
+    with tf.control_dependencies([variables[0].read_value()]):
+        return tuple(tf.identity(t) for t in tensors)
 
 
 def _replica_mean_logs(logs):
