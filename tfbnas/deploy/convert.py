@@ -29,11 +29,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import larq as lq
 import tensorflow as tf
 
+from tfbnas.cost import CostModelError, UncountedLayerWarning, model_cost
 from tfbnas.deploy import DeployError
 from tfbnas.deploy import flatbuffer as fbs
 from tfbnas.deploy import parity as par
 from tfbnas.deploy.lint import BinarizationIssue, all_layers, binarization_issues, expected_binary_convs  # noqa: F401
-from tfbnas.cost import CostModelError, UncountedLayerWarning, model_cost
 from tfbnas.runs import write_json
 
 # --target choices → LCE's `target` argument. LCE knows "arm" (generic TFLite; the same flatbuffer runs

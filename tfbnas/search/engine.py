@@ -279,9 +279,10 @@ class SearchModel(tf.keras.Model):
 
 
 def _after_update(variables, *tensors):
-    """``tensors``, available to later ops only once the updates of ``variables`` written so far are done
-    (a read of a variable is ordered after its writes; the weight updates wait for the whole gradient,
-    which their global-norm clip needs, the architecture update for its gradient)."""
+    """``tensors``, available to later ops only once the update of ``variables[0]`` written so far is done
+    (a read of a variable is ordered after its writes). That update waits for the end of the backward pass:
+    the first weight (the stem's) gets its gradient last, and a global-norm clip needs every gradient; an
+    architecture variable's gradient collects every cell's."""
     with tf.control_dependencies([variables[0].read_value()]):
         return tuple(tf.identity(t) for t in tensors)
 
