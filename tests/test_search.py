@@ -163,8 +163,7 @@ def _descendants(ops):
 
 def _ops_on(graph, variables, types):
     """Ops of ``types`` in ``graph`` whose first input is the handle of one of ``variables``."""
-    handles = {graph.captures[i][1].name for i, (outer, _) in enumerate(graph.captures)
-               if any(outer is v.handle for v in variables)}
+    handles = {inner.name for outer, inner in graph.captures if any(outer is v.handle for v in variables)}
     return [op for op in graph.get_operations() if op.type in types and op.inputs and op.inputs[0].name in handles]
 
 
