@@ -10,7 +10,7 @@ import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as schema
 
 from conftest import trained_like
-from tfbnas.models import build_child, build_parent, custom_objects
+from tfbnas.models import build_child, build_parent, custom_objects, inherit_supernet_weights
 from tfbnas.space import Genotype, SpaceError
 from tfbnas.space.ops import NativeQuantConv2D, binary_conv_layers, lce_binary
 
@@ -250,47 +250,78 @@ BIREAL = Genotype(
 )
 
 
-def test_bireal_child_equals_its_supernet_with_the_genotype_selected():
-    """The Child form of the real paths (op shortcuts, folded and normalised preprocessing inputs, strided
-    max pool, nodes as means) computes what the supernet computes when its alphas select the genotype and
-    every other edge is zero."""
-    from tfbnas.space import SuperNet, transfer_weights
+BIREAL_2 = Genotype(
+    "bireal", 2,
+    normal=[("bireal_conv_3x3", 0), ("bireal_dil_conv_5x5", 1), ("max_pool_3x3", 0), ("bireal_conv_5x5", 2)],
+    reduce=[("bireal_conv_5x5", 0), ("skip_connect", 1), ("bireal_dil_conv_3x3", 2), ("skip_connect", 0)],
+)
+
+
+def _selecting_supernet(genotype, shape, args, **kwargs):
+    """A built supernet with random weights and BatchNorm statistics whose alphas select ``genotype`` (every
+    other edge "none")."""
+    from tfbnas.space import SuperNet, edge_index
     from tfbnas.space.ops import PRESETS
 
-    shape, args = (10, 10, 1), dict(num_classes=5, init_channels=8, num_cells=3)
-    supernet = SuperNet(nodes=1, preset="bireal", fused=False, **args)
-    x = tf.random.stateless_normal((4,) + shape, seed=(3, 3))
-    supernet(x)
+    supernet = SuperNet(nodes=genotype.nodes, preset=genotype.preset, **args, **kwargs)
+    supernet(tf.zeros((1,) + shape))
     rng = np.random.default_rng(1)
-    for v in supernet.weight_variables + [layer for layer in supernet.variables if "moving" in layer.name]:
+    for v in supernet.weight_variables + [v for v in supernet.variables if "moving" in v.name]:
         low = 0.5 if ("gamma" in v.name or "variance" in v.name) else -1.0
         v.assign(rng.uniform(low, 1.5, v.shape).astype("float32"))
-    ops = PRESETS["bireal"]
+    ops = PRESETS[genotype.preset]
     for alphas, cell in ((supernet.alphas_normal, "normal"), (supernet.alphas_reduce, "reduce")):
         values = np.zeros(alphas.shape, np.float32)
         values[:, 0] = 40.0  # "none" everywhere ...
-        for op, source in BIREAL.cell(cell):  # ... except the kept edges (both sources of node 0)
-            values[source] = 0.0
-            values[source, ops.index(op)] = 40.0
+        edges = genotype.cell(cell)
+        for node in range(genotype.nodes):  # ... except the kept edges
+            for op, source in edges[2 * node:2 * node + 2]:
+                row = edge_index(node, source)
+                values[row] = 0.0
+                values[row, ops.index(op)] = 40.0
         alphas.assign(values)
-    child = build_child(BIREAL, input_shape=shape, **args)
-    for name in ("stem_conv", "stem_bn", "classifier"):
-        child.get_layer(name).set_weights(getattr(supernet, name).get_weights())
-    for i, cell in enumerate(supernet.cells):
-        pre0 = [f"cell{i}_pre0_a_qconv", f"cell{i}_pre0_a_bn", f"cell{i}_pre0_b_qconv", f"cell{i}_pre0_b_bn"] \
-            if cell.reduction_prev else [f"cell{i}_pre0_qconv", f"cell{i}_pre0_bn"]
-        transfer_weights(cell.pre0, [child.get_layer(n) for n in pre0])
-        transfer_weights(cell.pre1, [child.get_layer(f"cell{i}_pre1_{n}") for n in ("qconv", "bn")])
-        for k, bn in enumerate((cell.real_bn0, cell.real_bn1)):
-            child.get_layer(f"cell{i}_pre{k}_real_bn").set_weights(bn.get_weights())
-        for op, source in BIREAL.cell("reduce" if cell.reduction else "normal"):
-            prefix = f"cell{i}_node0_from{source}_{op}"
-            layers = [child.get_layer(f"{prefix}_{n}") for n in ("qconv", "bn")]
-            transfer_weights(cell.mixed_edges[source].op(op), layers)
+    return supernet
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("binary", [True, False], ids=["child", "parent"])
+@pytest.mark.parametrize("genotype", [BIREAL, BIREAL_2], ids=["one-node", "two-nodes"])
+def test_derived_network_with_inherited_weights_computes_the_supernet_with_the_genotype_selected(
+        genotype, binary, fused):
+    """The Child form of the real paths (op shortcuts, folded and normalised preprocessing inputs, strided
+    max pool, nodes as means, the factorized reduce) computes what the supernet computes when its alphas
+    select the genotype, once ``inherit_supernet_weights`` has copied the kept ops' weights; the Parent twin
+    likewise from the real-valued supernet."""
+    shape, args = (10, 10, 1), dict(num_classes=5, init_channels=8, num_cells=3)
+    supernet = _selecting_supernet(genotype, shape, args, fused=fused, binary=binary)
+    x = tf.random.stateless_normal((4,) + shape, seed=(3, 3))
+    child = build_child(genotype, input_shape=shape, binary=binary, **args)
+    want = supernet(x, training=False).numpy()
+    assert np.abs(child(x, training=False).numpy() - want).max() > 1e-2  # not yet: its own initial weights
+    assert inherit_supernet_weights(child, supernet, genotype) is child
     assert any(layer.name.endswith("_fold") for layer in child.layers)
     assert any(layer.name.endswith("_shortcut_pool") for layer in child.layers)
-    want = supernet(x, training=False, binary=True)
-    np.testing.assert_allclose(child(x, training=False).numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(child(x, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_inheritance_refuses_a_model_or_supernet_that_does_not_fit():
+    from tfbnas.space import SuperNet
+
+    shape, args = (10, 10, 1), dict(num_classes=5, init_channels=8, num_cells=3)
+    supernet = _selecting_supernet(BIREAL, shape, args)
+    with pytest.raises(SpaceError, match="num_cells=3"):
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **{**args, "num_cells": 4}), supernet, BIREAL)
+    with pytest.raises(SpaceError, match="build the model with the supernet's sizes"):
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **{**args, "num_classes": 3}), supernet, BIREAL)
+    with pytest.raises(SpaceError, match="weight shape"):
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, widths=[1, 0.5, 1], **args), supernet, BIREAL)
+    with pytest.raises(SpaceError, match="not the derived network"):
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **args), supernet,
+                                 Genotype("bireal", 1, [("bireal_conv_5x5", 0)] + list(BIREAL.normal[1:]), BIREAL.reduce))
+    partial = SuperNet(nodes=1, preset="bireal", partial_channels=2, **args)
+    partial(tf.zeros((1,) + shape))
+    with pytest.raises(SpaceError, match="partial_channels=2"):
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **args), partial, BIREAL)
 
 
 @pytest.mark.slow

@@ -82,6 +82,17 @@ def test_a_folder_that_holds_a_run_is_refused(tmp_path, parse_flags):
     assert (out / "flags.json").read_text() == '{"seed": 3}' and sorted(os.listdir(out)) == ["flags.json"]
 
 
+def test_inheritance_from_a_partial_channel_search_is_refused_before_any_folder(tmp_path, parse_flags):
+    import tfbnas.run
+
+    out = tmp_path / "run"
+    parse_flags("--flagfile=configs/fashion_mnist.flags", "--partial_channels=4", "--init_from_search", f"--output_dir={out}")
+    with pytest.raises(ConfigError, match="--init_from_search .* --partial_channels=4: pass --partial_channels=1 or "
+                                          "--noinit_from_search") as error:
+        tfbnas.run.main([])
+    assert error.value.exit_code == 2 and not out.exists()
+
+
 def _genotype_job(folder):
     """The main job on a given genotype (one node per cell, labels only, one epoch): no search."""
     genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("max_pool_3x3", 1)],
@@ -131,7 +142,7 @@ def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
     args = [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--strategy=darts", "--nodes=1",
             "--search_epochs=1", "--search_examples=256", "--train_examples=2048", "--test_examples=512", "--epochs=2",
             "--parent_epochs=1", "--parity_examples=64", "--benchmark_runs=1", "--width=dnal", "--width_budget=0.6",
-            "--width_epochs=1", f"--output_dir={out}"]
+            "--width_epochs=1", "--init_from_search", f"--output_dir={out}"]
     # Ctrl-C as in a terminal: a test runner started in the background (`cmd &`) hands its children an
     # ignored SIGINT, which Python then keeps ignoring; restore the default so the job gets KeyboardInterrupt.
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -158,6 +169,8 @@ def test_main_job_end_to_end_with_interrupt_and_resume(tmp_path):
     assert ("2048 train = search on a fixed subset of 256 (--search_examples): 128 search-train + 128 search-val, "
             "512 test") in stdout
     assert (out / "search" / "genotype.json").exists() and not (out / "report.md").exists()
+    # DARTS has no Parent supernet: the Child starts from the search's weights, the Parent from its own
+    assert "--init_from_search: the Child starts from the search's supernet weights" in stdout
 
     result = run_module("tfbnas.run", f"--resume={out}", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,10 +10,14 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from conftest import REPO, BackgroundRun
 from tfbnas import flags as tflags
+from tfbnas.models import build_child
+from tfbnas.space.genotype import Genotype
+from tfbnas.space.ops import binary_conv_layers
 from tfbnas.errors import RunDirError
 
 SEARCH = [sys.executable, "-m", "tfbnas.search"]
@@ -86,6 +90,16 @@ def test_smoke_search_writes_every_artefact(smoke_run):
     alphas = (out / "alphas.csv").read_text().splitlines()
     assert len(alphas) == 1 + 2 * 2 * 2  # header + epochs x cell types x edges (1 node: 2 edges)
     assert "parameter-free ops" in result.stdout  # logged each epoch
+    # The derived Child and its Parent twin holding the supernets' weights of the kept ops (--init_from_search):
+    # the genotype's network (its weight shapes) with trained BatchNorm statistics, binary and real-valued.
+    assert summary(out)["inherited_models"] == ["inherited_child.keras", "inherited_parent.keras"]
+    fresh = build_child(Genotype.from_dict(genotype), init_channels=8, num_cells=3)
+    for name, binary in (("inherited_child.keras", True), ("inherited_parent.keras", False)):
+        model = tf.keras.models.load_model(out / name, compile=False)
+        assert [w.shape for w in model.get_weights()] == [w.shape for w in fresh.get_weights()]
+        assert bool(binary_conv_layers(model)) == binary
+        means = [w for w in model.weights if "moving_mean" in w.name]
+        assert means and all(np.abs(w.numpy()).max() > 0 for w in means)  # fresh BatchNorms hold zeros
     flags_txt = (out / "flags.txt").read_text()  # the flagfile's flags and the command line's
     assert "--strategy=dcp" in flags_txt and "--init_channels=8" in flags_txt and "--nodes=1" in flags_txt
 

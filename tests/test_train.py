@@ -215,6 +215,31 @@ def test_real_twin_has_no_binary_layer_and_the_same_shapes():
     assert [w.shape for w in tiny_child(binary=False).get_weights()] == [w.shape for w in twin.get_weights()]
 
 
+
+def test_init_from_search_takes_the_inherited_weights_and_names_the_fix(tmp_path):
+    from conftest import trained_like
+    from tfbnas.train.twins import inherit_from_search
+
+    inherited = tiny_child()
+    trained_like(inherited)
+    inherited.save(tmp_path / "inherited_child.keras")
+    child, parent = tiny_child(), tiny_child(binary=False)
+    before = parent.get_weights()
+    assert inherit_from_search(child, "child", str(tmp_path))
+    for a, b in zip(child.get_weights(), inherited.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not inherit_from_search(parent, "parent", str(tmp_path))  # no inherited_parent.keras: kept as it was
+    for a, b in zip(parent.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match=r"--init_from_search needs .*inherited_child.keras.*--noinit_from_search"):
+        inherit_from_search(child, "child", str(tmp_path / "elsewhere"))
+    narrow = build_child(Genotype("dcp", 1, [("sep_conv_3x3", 0), ("skip_connect", 1)],
+                                  [("max_pool_3x3", 0), ("dil_conv_3x3", 1)]), init_channels=4, num_cells=3,
+                         widths=[1, 0.5, 1])
+    with pytest.raises(ConfigError, match="does not fit the child .*--widths"):
+        inherit_from_search(narrow, "child", str(tmp_path))
+
+
 # ----------------------------------------------------------------------------- genotype + space flags
 
 

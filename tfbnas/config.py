@@ -151,6 +151,7 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
     parent_epochs: Optional[int] = None
     parent: Optional[str] = None
     init_from_parent: bool = False
+    init_from_search: bool = False
     distill_alpha: float = 0.9
     distill_temperature: float = 4.0
     two_stage: bool = False

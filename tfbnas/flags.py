@@ -112,6 +112,9 @@ def define_train_flags():
     d(flags.DEFINE_string, "parent", t.parent, "A trained Parent (.keras) to use as teacher instead of training one.")
     d(flags.DEFINE_bool, "init_from_parent", t.init_from_parent, "Start the Child from the Parent's weights (same "
       "shapes).")
+    d(flags.DEFINE_bool, "init_from_search", t.init_from_search, "Start the Child (and a Parent that trains here) "
+      "from the searched supernets' weights of the ops the genotype keeps (DCP-NAS's weight inheritance): the "
+      "search run's inherited_child.keras / inherited_parent.keras beside --genotype.")
     d(flags.DEFINE_float, "distill_alpha", t.distill_alpha, "Weight of the distillation term (1 - alpha weights the "
       "cross-entropy); 0: labels only.", lower_bound=0.0, upper_bound=1.0)
     d(flags.DEFINE_float, "distill_temperature", t.distill_temperature, "Softmax temperature T of the distillation "

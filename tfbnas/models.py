@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from tfbnas.space.genotype import Genotype
 from tfbnas.space.ops import (FoldChannels, batch_norm, check_group_policy, child_conv_bn, child_op, child_shortcut,
-                              layer_classes, real_path, stem_channels, stem_stride_for,
+                              layer_classes, real_path, stem_channels, stem_stride_for, transfer_weights,
                               SpaceError)
 from tfbnas.space.supernet import reduction_cells
 
@@ -200,6 +200,87 @@ def build_parent(genotype: Union[Genotype, dict, str], **kwargs) -> tf.keras.Mod
     return build_child(genotype, **kwargs)
 
 
+def _named_layers(model: tf.keras.Model, names) -> List[tf.keras.layers.Layer]:
+    """``model``'s layers called ``names`` (or named as the layers ``names``), in that order."""
+    try:
+        return [model.get_layer(n if isinstance(n, str) else n.name) for n in names]
+    except ValueError as e:
+        raise SpaceError(f"the model is not the derived network of this genotype ({e}); build it with "
+                         "build_child/build_parent from the genotype the supernet chose.") from None
+
+
+def inherit_supernet_weights(model: tf.keras.Model, supernet, genotype: Union[Genotype, dict, str]) -> tf.keras.Model:
+    """Start a derived network from a searched supernet's weights of the ops its genotype keeps.
+
+    DCP-NAS's weight inheritance: the stem, the classifier, every cell's preprocessing (and, for the
+    ``bireal`` table, the BatchNorms of its real-valued path) and, on every kept edge, the weights of the
+    chosen op (:func:`~tfbnas.space.ops.transfer_weights`) are copied from ``supernet`` into ``model``; the
+    dropped ops' weights go with the supernet. The 1-bit Child takes the Child supernet's weights, the Parent
+    twin the Parent supernet's. BatchNorm statistics come along; a node of the derived cell mixes two edges
+    where the supernet's mixed all of them, so training (BatchNorm in training mode) refits them.
+
+    Args:
+        model: :func:`build_child` (or :func:`build_parent`) of ``genotype`` with the supernet's sizes.
+        supernet: a built :class:`~tfbnas.space.supernet.SuperNet` with all channels through every edge
+            (``partial_channels=1``).
+        genotype: the genotype ``model`` was built from (usually ``supernet.genotype()``).
+
+    Returns:
+        ``model``, holding the inherited weights.
+
+    Raises:
+        SpaceError: ``model`` is not this genotype's network at the supernet's sizes, or the supernet's
+            edges see part of the channels (their ops' weights have other shapes than the Child's).
+
+    Example:
+        >>> genotype = supernet.genotype()
+        >>> child = inherit_supernet_weights(build_child(genotype, init_channels=8, num_cells=5), supernet, genotype)
+    """
+    from tfbnas.space.genotype import edge_index
+    from tfbnas.space.supernet import STEM_LAYERS
+
+    genotype = _as_genotype(genotype)
+    if getattr(supernet, "partial_channels", 1) != 1 or not supernet.built:
+        raise SpaceError("weight inheritance needs a built supernet whose edges see all channels "
+                         f"(partial_channels={supernet.partial_channels}): its ops' weights have other shapes.")
+    if (genotype.preset, genotype.nodes) != (supernet.preset, supernet.nodes):
+        raise SpaceError(f"the genotype ({genotype.preset}, {genotype.nodes} nodes) is not of the supernet's space "
+                         f"({supernet.preset}, {supernet.nodes} nodes).")
+    if len(supernet.cells) != sum(1 for layer in model.layers if layer.name.endswith("_pre1_qconv")):
+        raise SpaceError(f"the model does not have the supernet's {len(supernet.cells)} cells; build it with "
+                         f"num_cells={len(supernet.cells)}.")
+    names = STEM_LAYERS[supernet.stem_stride] + ("classifier",)
+    real_layers = [(getattr(supernet, name), layer) for name, layer in zip(names, _named_layers(model, names))]
+    binary = supernet.binary
+    for i, cell in enumerate(supernet.cells):
+        prefix, c = f"cell{i}", cell.channels
+        probe = tf.keras.Input((8, 8, c))
+        if cell.reduction_prev:
+            _, pre0 = child_op("skip_connect", probe, c, 2, binary, cell.group_policy, prefix=f"{prefix}_pre0")
+        else:
+            _, pre0 = child_conv_bn(probe, c, 1, binary=binary, prefix=f"{prefix}_pre0")
+        _, pre1 = child_conv_bn(probe, c, 1, binary=binary, prefix=f"{prefix}_pre1")
+        transfer_weights(cell.pre0, _named_layers(model, pre0))
+        transfer_weights(cell.pre1, _named_layers(model, pre1))
+        if cell.real_path:
+            real_layers += zip((cell.real_bn0, cell.real_bn1),
+                               _named_layers(model, [f"{prefix}_pre{k}_real_bn" for k in (0, 1)]))
+        edges = genotype.cell("reduce" if cell.reduction else "normal")
+        for node in range(genotype.nodes):
+            for op, source in edges[2 * node:2 * node + 2]:
+                stride = 2 if cell.reduction and source < 2 else 1
+                _, layers = child_op(op, probe, c, stride, binary, cell.group_policy,
+                                     prefix=f"{prefix}_node{node}_from{source}_{op}")
+                transfer_weights(cell.edges[edge_index(node, source)].op(op), _named_layers(model, layers))
+    for source, layer in real_layers:  # plain Keras layers on both sides
+        values = source.get_weights()
+        if [v.shape for v in values] != [tuple(w.shape) for w in layer.weights]:
+            raise SpaceError(f"layer {layer.name!r} has weight shapes {[tuple(w.shape) for w in layer.weights]}, the "
+                             f"supernet's {[v.shape for v in values]}: build the model with the supernet's sizes.")
+        layer.set_weights(values)
+    return model
+
+
 def clone_layers(model: tf.keras.Model, rebuild: Callable[[tf.keras.layers.Layer, dict], Optional[tf.keras.layers.Layer]],
                  name: Optional[str] = None) -> tf.keras.Model:
     """``model`` cloned layer by layer with some layers rebuilt, holding ``model``'s weights.
@@ -273,4 +354,4 @@ def custom_objects() -> Dict[str, type]:
 
 
 __all__ = ["build_child", "build_parent", "child_cell", "child_stem", "clone_layers", "custom_objects",
-           "unregistered_layers"]
+           "inherit_supernet_weights", "unregistered_layers"]

@@ -174,6 +174,10 @@ def main(argv):
         run_dir = os.path.abspath(FLAGS.resume)
         values = tflags.saved_flag_values(run_dir, values, "tfbnas.run")
     else:
+        if values.get("init_from_search") and not values.get("genotype") and values.get("partial_channels", 1) > 1:
+            raise tflags.ConfigError(f"--init_from_search needs a search whose ops see all channels, but "
+                                     f"--partial_channels={values['partial_channels']}: pass --partial_channels=1 or "
+                                     "--noinit_from_search")
         run_dir = runs.make_run_dir(FLAGS.output_dir, "run", FLAGS.dataset)
         if os.path.exists(os.path.join(run_dir, "flags.json")):
             raise tflags.ConfigError(f"{run_dir} already holds a run; continue it with --resume={run_dir} or "

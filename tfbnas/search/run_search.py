@@ -161,6 +161,7 @@ def _fit_and_record(engine, config, probe, steps, out, run_dir, resume, start, l
                                  f"checkpoint is {last}: lower --arch_lr/--weight_lr and resume with --resume={run_dir}")
     genotype = engine.child.genotype()
     genotype.save(os.path.join(out, "genotype.json"))
+    inherited = write_inherited_models(engine, genotype, probe.info.image_shape, out, log)
     for cell in ("normal", "reduce"):
         plot_cell(genotype, cell, os.path.join(out, f"cell_{cell}.png"), svg=True)
     child = engine.child
@@ -170,9 +171,42 @@ def _fit_and_record(engine, config, probe, steps, out, run_dir, resume, start, l
                "edge_margins": margins, "stem_stride": child.stem_stride,
                "strategy": config.strategy, "epochs": config.search_epochs, "steps_per_epoch": steps,
                "seconds": time.time() - start, "replicas": engine.distribute_strategy.num_replicas_in_sync,
+               "inherited_models": inherited,
                "arch_probabilities": {k: v.tolist() for k, v in engine.child.arch_probabilities().items()}}
     write_json(os.path.join(out, "search_summary.json"), summary)
     return genotype, summary
+
+
+INHERITED_FILES = {"child": "inherited_child.keras", "parent": "inherited_parent.keras"}
+
+
+def write_inherited_models(engine: SearchModel, genotype, image_shape, out: str, log=print) -> list:
+    """The derived Child (and its Parent twin, when the strategy has a Parent supernet) holding the supernets'
+    weights of the ops ``genotype`` keeps (:func:`~tfbnas.models.inherit_supernet_weights`), saved as
+    ``out/inherited_child.keras`` (and ``inherited_parent.keras``) for ``--init_from_search``.
+
+    Returns:
+        The file names written: none when the supernets' edges see part of the channels
+        (``--partial_channels`` > 1: their ops' weights do not fit the Child).
+    """
+    from tfbnas.models import build_child, inherit_supernet_weights
+
+    child = engine.child
+    if child.partial_channels != 1:
+        log(f"no inherited models: the supernets' edges see 1/{child.partial_channels} of the channels, so their "
+            "ops' weights do not fit the Child")
+        return []
+    written = []
+    for role, net in (("child", child), ("parent", engine.parent)):
+        if net is None:
+            continue
+        model = build_child(genotype, num_classes=net.num_classes, input_shape=image_shape,
+                            init_channels=net.init_channels, num_cells=net.num_cells, binary=net.binary,
+                            stem_multiplier=net.stem_multiplier, group_policy=net.group_policy,
+                            stem_stride=net.stem_stride)
+        inherit_supernet_weights(model, net, genotype).save(os.path.join(out, INHERITED_FILES[role]))
+        written.append(INHERITED_FILES[role])
+    return written
 
 
 def main_from_flags(FLAGS):

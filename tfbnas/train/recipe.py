@@ -41,7 +41,8 @@ from tfbnas.space.genotype import Genotype
 from tfbnas.space.table import stem_stride_for
 from tfbnas.train.distiller import Distiller
 from tfbnas.train.records import PhaseRecorder, plot_history, truncate_history, write_model_reports  # noqa: F401
-from tfbnas.train.twins import check_same_shapes, copy_weights, load_parent, real_twin, stage1_model  # noqa: F401
+from tfbnas.train.twins import (check_same_shapes, copy_weights, inherit_from_search, load_parent,  # noqa: F401
+                                real_twin, stage1_model)
 from tfbnas.train.schedules import make_schedule
 from tfbnas.runs import write_json
 
@@ -435,6 +436,8 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
     elif config.learns_from_parent():
         parent = build_parent(genotype, **kwargs)
     genotype.save(os.path.join(run_dir, "genotype.json"))
+    if config.init_from_search:
+        _inherit(config, child, parent if not trained else None, run_dir, log)
     if not (resume and os.path.exists(os.path.join(run_dir, "space.json"))):
         height, width = info.image_shape[:2]
         write_json(os.path.join(run_dir, "space.json"),
@@ -446,6 +449,24 @@ def _train_genotype(config, genotype, sources, run_dir, resume, log, verbose) ->
         f"{train_data.sizes['train']} train / {train_data.sizes['val']} val / {train_data.sizes['test']} test")
     return train_model(child, parent, config, run_dir, resume, parent_trained=trained, train_data=train_data,
                        name="child", log=log, verbose=verbose)
+
+
+def _inherit(config: TrainConfig, child, parent, run_dir: str, log):
+    """``--init_from_search``: the Child (and a Parent that trains here) start from the search's inherited weights.
+    The files are copied into ``run_dir`` beside its own genotype.json, where a resumed run finds them."""
+    import shutil
+
+    from tfbnas.search.run_search import INHERITED_FILES
+
+    source = os.path.dirname(os.path.abspath(config.genotype))
+    for name in INHERITED_FILES.values():
+        path = os.path.join(source, name)
+        if os.path.exists(path) and os.path.abspath(run_dir) != source:
+            shutil.copyfile(path, os.path.join(run_dir, name))
+    inherit_from_search(child, "child", source)
+    who = "the Child and the Parent start" if parent is not None and inherit_from_search(parent, "parent", source) \
+        else "the Child starts"
+    log(f"--init_from_search: {who} from the search's supernet weights of the kept ops ({source})")
 
 
 def main_from_flags(FLAGS) -> TrainResult:

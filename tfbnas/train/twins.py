@@ -101,6 +101,41 @@ def copy_weights(source: tf.keras.Model, target: tf.keras.Model):
     target.set_weights(source.get_weights())
 
 
+def inherit_from_search(model: tf.keras.Model, role: str, folder: str) -> bool:
+    """Start ``model`` (the Child or its Parent twin, by ``role``) from the weights a search inherited.
+
+    ``folder`` holds the search run's ``inherited_child.keras`` / ``inherited_parent.keras``
+    (:func:`tfbnas.search.run_search.write_inherited_models`): the derived network of its genotype holding
+    the supernet's weights of the kept ops.
+
+    Returns:
+        False when the search wrote no such file for ``role`` (a strategy without a Parent supernet has no
+        ``inherited_parent.keras``): ``model`` keeps its initial weights.
+
+    Raises:
+        ConfigError: no ``inherited_child.keras`` (a Child always needs one), or the file's weights do not fit
+            ``model`` (other widths or sizes than the search's).
+    """
+    from tfbnas.search.run_search import INHERITED_FILES
+
+    path = os.path.join(folder, INHERITED_FILES[role])
+    if not os.path.exists(path):
+        if role == "child":
+            raise ConfigError(f"--init_from_search needs {path}: a search run writes it beside its genotype.json "
+                              "(with --partial_channels=1); pass that genotype or --noinit_from_search")
+        return False
+    import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
+
+    source = tf.keras.models.load_model(path, compile=False)
+    src, dst = source.get_weights(), model.get_weights()
+    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
+        raise ConfigError(f"--init_from_search: {path} does not fit the {role} (other --widths or sizes than the "
+                          "search's); train with the search's space flags and no --widths, or pass "
+                          "--noinit_from_search")
+    model.set_weights(src)
+    return True
+
+
 def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
     """A trained Parent from ``path``, checked against the dataset's input shape and classes."""
     import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
@@ -119,4 +154,4 @@ def load_parent(path: str, info: data.DatasetInfo) -> tf.keras.Model:
     return parent
 
 
-__all__ = ["stage1_model", "real_twin", "load_parent", "check_same_shapes", "copy_weights"]
+__all__ = ["stage1_model", "real_twin", "load_parent", "check_same_shapes", "copy_weights", "inherit_from_search"]
