@@ -66,6 +66,8 @@ class BackgroundRun:
     lock = threading.Lock()
     running = False  # a thread runs the lane
     factory = None  # pytest's TempPathFactory
+    env = None  # the environment when collection ended: the lane's thread starts programs while in-process
+    # tests may have monkeypatched os.environ (e.g. $TFBNAS_CHANNEL_BENCH), which must not leak into them
 
     def __init__(self, module, fixture, name, argv, param=None, after=None, timeout=1800):
         self.module, self.fixture, self.name, self.argv, self.timeout = module, fixture, name, argv, timeout
@@ -83,7 +85,8 @@ class BackgroundRun:
         self.folder = BackgroundRun.factory.mktemp(self.name)
         self.command = [str(a) for a in self.argv(self.folder)]
         self.output = [open(self.folder / f"{stream}.txt", "w+") for stream in ("stdout", "stderr")]
-        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.output[0], stderr=self.output[1], text=True)
+        self.proc = subprocess.Popen(self.command, cwd=REPO, stdout=self.output[0], stderr=self.output[1], text=True,
+                                     env=BackgroundRun.env)
         self.started = time.time()
 
     def ended(self) -> bool:
@@ -148,6 +151,7 @@ class BackgroundRun:
 def pytest_collection_finish(session):
     """Starts the background lane with the runs the selected tests need (none for ``--collect-only``)."""
     BackgroundRun.factory = session.config._tmp_path_factory
+    BackgroundRun.env = dict(os.environ)
     if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
         return  # under pytest-xdist: see pytest_runtest_setup
     _queue(session.items)
