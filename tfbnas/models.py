@@ -240,9 +240,11 @@ def inherit_supernet_weights(model: tf.keras.Model, supernet, genotype: Union[Ge
     from tfbnas.space.supernet import STEM_LAYERS
 
     genotype = _as_genotype(genotype)
-    if getattr(supernet, "partial_channels", 1) != 1 or not supernet.built:
-        raise SpaceError("weight inheritance needs a built supernet whose edges see all channels "
-                         f"(partial_channels={supernet.partial_channels}): its ops' weights have other shapes.")
+    if not supernet.built:
+        raise SpaceError("weight inheritance needs a built supernet: call it once on a batch first.")
+    if supernet.partial_channels != 1:
+        raise SpaceError("weight inheritance needs a supernet whose edges see all channels, not "
+                         f"partial_channels={supernet.partial_channels}: its ops' weights have other shapes.")
     if (genotype.preset, genotype.nodes) != (supernet.preset, supernet.nodes):
         raise SpaceError(f"the genotype ({genotype.preset}, {genotype.nodes} nodes) is not of the supernet's space "
                          f"({supernet.preset}, {supernet.nodes} nodes).")
