@@ -316,8 +316,8 @@ def test_inheritance_refuses_a_model_or_supernet_that_does_not_fit():
     with pytest.raises(SpaceError, match="weight shape"):
         inherit_supernet_weights(build_child(BIREAL, input_shape=shape, widths=[1, 0.5, 1], **args), supernet, BIREAL)
     with pytest.raises(SpaceError, match="not the derived network"):
-        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **args), supernet,
-                                 Genotype("bireal", 1, [("bireal_conv_5x5", 0)] + list(BIREAL.normal[1:]), BIREAL.reduce))
+        other = Genotype("bireal", 1, [("bireal_conv_5x5", 0)] + list(BIREAL.normal[1:]), BIREAL.reduce)
+        inherit_supernet_weights(build_child(BIREAL, input_shape=shape, **args), supernet, other)
     partial = SuperNet(nodes=1, preset="bireal", partial_channels=2, **args)
     partial(tf.zeros((1,) + shape))
     with pytest.raises(SpaceError, match="partial_channels=2"):

@@ -86,7 +86,8 @@ def test_inheritance_from_a_partial_channel_search_is_refused_before_any_folder(
     import tfbnas.run
 
     out = tmp_path / "run"
-    parse_flags("--flagfile=configs/fashion_mnist.flags", "--partial_channels=4", "--init_from_search", f"--output_dir={out}")
+    parse_flags("--flagfile=configs/fashion_mnist.flags", "--partial_channels=4", "--init_from_search",
+                f"--output_dir={out}")
     with pytest.raises(ConfigError, match="--init_from_search .* --partial_channels=4: pass --partial_channels=1 or "
                                           "--noinit_from_search") as error:
         tfbnas.run.main([])

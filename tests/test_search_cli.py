@@ -15,10 +15,10 @@ from absl import flags
 
 from conftest import REPO, BackgroundRun
 from tfbnas import flags as tflags
+from tfbnas.errors import RunDirError
 from tfbnas.models import build_child
 from tfbnas.space.genotype import Genotype
 from tfbnas.space.ops import binary_conv_layers
-from tfbnas.errors import RunDirError
 
 SEARCH = [sys.executable, "-m", "tfbnas.search"]
 # The smoke search with one node per cell (half the traced step of two nodes); 8 steps per epoch leave
