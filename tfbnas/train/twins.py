@@ -89,11 +89,13 @@ def real_twin(model: tf.keras.Model) -> tf.keras.Model:
 
 
 
-def check_same_shapes(source: tf.keras.Model, target: tf.keras.Model):
+def check_same_shapes(source: tf.keras.Model, target: tf.keras.Model,
+                      message: str = "--init_from_parent needs a Parent with the Child's weight shapes (build_parent "
+                                     "of the same genotype, widths and space flags)"):
+    """Raise :class:`ConfigError` with ``message`` unless ``source`` and ``target`` hold weights of the same shapes."""
     src, dst = source.get_weights(), target.get_weights()
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
-        raise ConfigError("--init_from_parent needs a Parent with the Child's weight shapes (build_parent of the "
-                          "same genotype, widths and space flags)")
+        raise ConfigError(message)
 
 
 def copy_weights(source: tf.keras.Model, target: tf.keras.Model):
@@ -127,12 +129,10 @@ def inherit_from_search(model: tf.keras.Model, role: str, folder: str) -> bool:
     import tfbnas.models  # noqa: F401  (registers the custom layers of .keras Child/Parent files)
 
     source = tf.keras.models.load_model(path, compile=False)
-    src, dst = source.get_weights(), model.get_weights()
-    if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src, dst)):
-        raise ConfigError(f"--init_from_search: {path} does not fit the {role} (other --widths or sizes than the "
-                          "search's); train with the search's space flags and no --widths, or pass "
-                          "--noinit_from_search")
-    model.set_weights(src)
+    check_same_shapes(source, model, f"--init_from_search: {path} does not fit the {role} (other --widths or sizes "
+                                     "than the search's); train with the search's space flags and no --widths, or "
+                                     "pass --noinit_from_search")
+    model.set_weights(source.get_weights())
     return True
 
 
