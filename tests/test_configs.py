@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from tfbnas import data, flags as tflags
+from tfbnas.errors import ConfigError
 from tfbnas.models import build_child
 from tfbnas.search.run_search import SearchConfig
 from tfbnas.space.genotype import Genotype
@@ -47,6 +48,12 @@ def test_the_parent_teacher_follows_the_config(parsed):
     assert TrainConfig(parent_epochs=0, parent="parent.keras").parent_teacher()
     assert not TrainConfig(parent="parent.keras", distill_alpha=0.0).parent_teacher()
     assert TrainConfig(parent="parent.keras", distill_alpha=0.0, init_from_parent=True).parent_teacher()
+
+
+def test_an_unknown_augmentation_is_one_clear_error():
+    TrainConfig(augment="flip").check()
+    with pytest.raises(ConfigError, match=r"^--augment=jitter is unknown; use one of \['none', 'flip', "):
+        TrainConfig(augment="jitter").check()
 
 
 def test_the_shipped_configs_are_found():

@@ -186,3 +186,42 @@ def test_augmentation_keeps_shape_and_label_distribution():
     assert all(o.shape == (28, 28, 1) for o in outs)
     assert len({o.tobytes() for o in outs}) > 1  # different seeds, different crops/flips
     np.testing.assert_array_equal(outs[0], data.augment(image, tf.constant([0, 0], tf.int64), info).numpy())
+
+
+@needs_idx
+@pytest.mark.parametrize("recipe", ["none", "flip"])
+def test_augment_choice_reaches_the_training_stream(recipe):
+    """``augment=`` replaces the dataset's crop_flip: every training image is its normalised original
+    ("none") or that or its mirror ("flip"), and "flip" mirrors some of them; the dataset's own recipe
+    (crop_flip) moves pixels beyond a mirror."""
+    (x, y), _ = data.load_arrays("fashion_mnist")
+    x, y = data.subset(x, y, 256, 5)
+    info = data.KNOWN_DATASETS["fashion_mnist"]
+    originals = {label: [] for label in range(10)}
+    for image, label in zip(data.normalize_numpy(x, info), y):
+        originals[int(label)].append(image)
+
+    def match(image, label):
+        """0: an original of its class, 1: a mirrored one, None: neither."""
+        for original in originals[int(label)]:
+            if np.allclose(image, original, atol=1e-5):
+                return 0
+            if np.allclose(image, original[:, ::-1], atol=1e-5):
+                return 1
+        return None
+
+    def matches(augment):
+        splits = data.make_splits("fashion_mnist", batch_size=64, train_examples=256, seed=5, augment=augment)
+        return [match(img, lab) for images, labels in splits.train.take(4)
+                for img, lab in zip(images.numpy(), labels.numpy())]
+
+    found = matches(recipe)
+    assert None not in found
+    if recipe == "none":
+        assert set(found) == {0}
+    else:
+        assert set(found) == {0, 1}  # images that are symmetric match 0 either way; the rest are mirrored at random
+    assert None in matches(None)  # crop_flip: shifted crops match neither
+    assert data.with_augment(info, None) is info and data.with_augment(info, "crop_flip") is info
+    with pytest.raises(ValueError, match="unknown augmentation 'jitter'"):
+        data.with_augment(info, "jitter")

@@ -27,6 +27,8 @@ STAGE1_MODES = ("activations", "weights")
 OPTIMIZERS = ("adam", "sgd")
 DEFAULT_LR = {"adam": 2e-3, "sgd": 0.05}
 SCHEDULES = ("cosine", "onecycle")
+# augmentation recipes of the training streams (tfbnas.data.augment)
+AUGMENTATIONS = ("none", "flip", "crop_flip", "resized_crop")
 
 
 class _FromFlags:
@@ -165,6 +167,7 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
     momentum: float = 0.9
     val_fraction: float = 0.1
     steps_per_epoch: Optional[int] = None
+    augment: Optional[str] = None
 
     @property
     def peak_lr(self) -> float:
@@ -192,6 +195,8 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
             raise ConfigError(f"--optimizer={self.optimizer} is unknown; use one of {list(OPTIMIZERS)}")
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"--lr_schedule={self.lr_schedule} is unknown; use one of {list(SCHEDULES)}")
+        if self.augment is not None and self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"--augment={self.augment} is unknown; use one of {list(AUGMENTATIONS)}")
         if self.stage1_binary not in STAGE1_MODES:
             raise ConfigError(f"--stage1_binary={self.stage1_binary} is unknown; use one of {list(STAGE1_MODES)}")
         if not 0.0 <= self.val_fraction <= 0.5:
@@ -208,4 +213,5 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
 
 
 __all__ = ["DataConfig", "SpaceConfig", "RuntimeConfig", "SearchConfig", "TrainConfig", "SPACE_FIELDS", "STRATEGIES",
-           "DISTRIBUTE", "PHASES", "STAGE1_MODES", "OPTIMIZERS", "DEFAULT_LR", "SCHEDULES"]
+           "DISTRIBUTE", "PHASES", "STAGE1_MODES", "OPTIMIZERS", "DEFAULT_LR", "SCHEDULES",
+           "AUGMENTATIONS"]

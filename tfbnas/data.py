@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfbnas.config import AUGMENTATIONS  # noqa: F401  (importable from here)
 from tfbnas.errors import DatasetNotFoundError, IdxFormatError  # noqa: F401  (importable from here)
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -49,8 +50,9 @@ class DatasetInfo:
         image_shape: ``(height, width, channels)`` of the images fed to the model.
         num_classes: number of labels.
         mean, std: per-channel normalisation applied by the pipeline (inputs are ``(x/255 - mean) / std``).
-        augment: augmentation recipe: ``"crop_flip"`` (pad-crop + horizontal flip), ``"resized_crop"``
-            (ImageNet style) or ``"none"``.
+        augment: augmentation recipe, one of :data:`AUGMENTATIONS`: ``"crop_flip"`` (pad-crop +
+            horizontal flip), ``"flip"`` (horizontal flip only), ``"resized_crop"`` (ImageNet style) or
+            ``"none"``.
         pad: padding in pixels for ``crop_flip``.
     """
 
@@ -299,13 +301,30 @@ def normalize_numpy(images: np.ndarray, info: DatasetInfo) -> np.ndarray:
     return ((x - np.array(info.mean, np.float32)) / np.array(info.std, np.float32)).astype(np.float32)
 
 
+def with_augment(info: DatasetInfo, augment: Optional[str]) -> DatasetInfo:
+    """``info`` with the augmentation recipe ``augment`` (one of :data:`AUGMENTATIONS`); ``info`` itself
+    when ``augment`` is None (the dataset's own recipe).
+
+    Example:
+        >>> with_augment(KNOWN_DATASETS["fashion_mnist"], "none").augment
+        'none'
+    """
+    if augment is None or augment == info.augment:
+        return info
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation '{augment}'; use one of {list(AUGMENTATIONS)}")
+    return dataclasses.replace(info, augment=augment)
+
+
 def augment(image, seed, info: DatasetInfo):
     """Standard augmentation for one uint8 image, driven by a stateless ``seed`` (shape [2] int)."""
     if info.augment == "none":
         return image
     h, w, c = info.image_shape
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    if info.augment == "crop_flip":
+    if info.augment == "flip":
+        pass
+    elif info.augment == "crop_flip":
         padded = tf.pad(image, [[info.pad, info.pad], [info.pad, info.pad], [0, 0]])
         image = tf.image.stateless_random_crop(padded, (h, w, c), seed=seeds[0])
     elif info.augment == "resized_crop":
@@ -395,7 +414,7 @@ def subset(images, labels, count: Optional[int], seed: int):
 def make_splits(name: str = "fashion_mnist", batch_size: int = 64, data_dir: Optional[str] = None,
                 train_examples: Optional[int] = None, test_examples: Optional[int] = None, seed: int = 0,
                 download: bool = False, eval_batch_size: Optional[int] = None,
-                start_epoch: int = 0, skip_batches: int = 0) -> Splits:
+                start_epoch: int = 0, skip_batches: int = 0, augment: Optional[str] = None) -> Splits:
     """All pipelines of a dataset: search halves, full train, test.
 
     Args:
@@ -408,6 +427,8 @@ def make_splits(name: str = "fashion_mnist", batch_size: int = 64, data_dir: Opt
         download: allow tfds to download missing data.
         eval_batch_size: batch size of the test pipeline (defaults to ``batch_size``).
         start_epoch, skip_batches: resume position of the training streams.
+        augment: augmentation of the training streams (one of :data:`AUGMENTATIONS`; default: the
+            dataset's own, ``DatasetInfo.augment``).
 
     Returns:
         :class:`Splits`. ``search_train``/``search_val`` are two disjoint halves of the (subset)
@@ -418,7 +439,7 @@ def make_splits(name: str = "fashion_mnist", batch_size: int = 64, data_dir: Opt
         >>> splits.sizes
         {'train': 2000, 'search_train': 1000, 'search_val': 1000, 'test': 10000}
     """
-    info = KNOWN_DATASETS.get(name) or dataset_info(name, data_dir)
+    info = with_augment(KNOWN_DATASETS.get(name) or dataset_info(name, data_dir), augment)
     if name == "imagenet2012" or (name not in ("fashion_mnist", "mnist", "cifar10", "cifar100")
                                    and _too_large(name, data_dir)):
         return _streaming_splits(name, info, batch_size, data_dir, train_examples, test_examples, seed,

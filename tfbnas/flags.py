@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags
 
-from tfbnas.config import (DISTRIBUTE, OPTIMIZERS, SCHEDULES, STAGE1_MODES, STRATEGIES, DataConfig, RuntimeConfig,
-                           SearchConfig, SpaceConfig, TrainConfig)
+from tfbnas.config import (AUGMENTATIONS, DISTRIBUTE, OPTIMIZERS, SCHEDULES, STAGE1_MODES, STRATEGIES, DataConfig,
+                           RuntimeConfig, SearchConfig, SpaceConfig, TrainConfig)
 from tfbnas.errors import EXIT_USAGE, ConfigError, RunDirError, TfbnasError  # noqa: F401  (ConfigError: re-exported)
 from tfbnas.runs import write_json
 
@@ -137,6 +137,8 @@ def define_train_flags():
       "(0: keep the last epoch).", lower_bound=0.0, upper_bound=0.5)
     d(flags.DEFINE_integer, "steps_per_epoch", t.steps_per_epoch, "Steps per epoch (default: one pass over the "
       "training part).", lower_bound=1)
+    d(flags.DEFINE_enum, "augment", t.augment, list(AUGMENTATIONS), "Augmentation of the training phases' stream "
+      "(default: the dataset's own, e.g. crop_flip for Fashion-MNIST and CIFAR; a search keeps the dataset's own).")
     define_runtime_flags()
 
 

@@ -173,11 +173,13 @@ class TrainData:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.info = data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir)
+        self.info = data.with_augment(
+            data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir),
+            config.augment)
         self.eval_batch_size = max(config.batch_size, 256)
         self._splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
                                         config.test_examples, config.seed, config.download,
-                                        eval_batch_size=self.eval_batch_size)
+                                        eval_batch_size=self.eval_batch_size, augment=config.augment)
         self.test = self._splits.test
         self.val = None
         self._arrays = None
@@ -217,7 +219,7 @@ class TrainData:
             return data.epoch_stream(*self._arrays, self.info, c.batch_size, c.seed, train=True,
                                      start_epoch=start_epoch, skip_batches=skip)
         return data.make_splits(c.dataset, c.batch_size, c.data_dir, c.train_examples, c.test_examples, c.seed,
-                                c.download, start_epoch=start_epoch, skip_batches=skip).train
+                                c.download, start_epoch=start_epoch, skip_batches=skip, augment=c.augment).train
 
 
 def _metrics():
