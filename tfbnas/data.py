@@ -322,9 +322,7 @@ def augment(image, seed, info: DatasetInfo):
         return image
     h, w, c = info.image_shape
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    if info.augment == "flip":
-        pass
-    elif info.augment == "crop_flip":
+    if info.augment == "crop_flip":
         padded = tf.pad(image, [[info.pad, info.pad], [info.pad, info.pad], [0, 0]])
         image = tf.image.stateless_random_crop(padded, (h, w, c), seed=seeds[0])
     elif info.augment == "resized_crop":
@@ -333,7 +331,7 @@ def augment(image, seed, info: DatasetInfo):
             use_image_if_no_bounding_boxes=True,
         )
         image = tf.image.resize(tf.slice(image, begin, size), (h, w))
-    else:
+    elif info.augment != "flip":
         raise ValueError(f"unknown augmentation '{info.augment}'")
     return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
