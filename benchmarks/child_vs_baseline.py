@@ -11,6 +11,8 @@ Get a genotype from a search run first, e.g. the smoke search (a few minutes on 
     python -m tfbnas.search --flagfile=configs/smoke.flags --output_dir=runs/smoke
     python benchmarks/child_vs_baseline.py runs/smoke/genotype.json --dataset=fashion_mnist \\
         --epochs=3 --parent_epochs=1 --init_channels=16 --num_cells=5 --output_dir=runs/bench
+    # the default's Child recipe (the search flags in the flagfile are read and ignored):
+    python benchmarks/child_vs_baseline.py runs/s0/genotype.json --flagfile=configs/fashion_mnist.flags
 
 Space flags not given default to the search run's flags.json (as in ``python -m tfbnas.train``).
 Outputs (``--output_dir``): ``child/`` and ``baseline/`` run folders (models, curves, metrics),
@@ -34,10 +36,7 @@ from tfbnas.models import build_child, build_parent
 from tfbnas.train import recipe
 
 FLAGS = flags.FLAGS
-tflags.define_data_flags()
-tflags.define_run_flags()
-tflags.define_space_flags()
-tflags.define_train_flags()
+tflags.define_all()  # one flagfile serves every entry point: configs/*.flags work here too
 flags.DEFINE_integer("baseline_blocks", 2, "Binary conv blocks per stage of the baseline ResNet.", lower_bound=1)
 
 
