@@ -27,7 +27,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfbnas.config import AUGMENTATIONS  # noqa: F401  (importable from here)
+from tfbnas.config import AUGMENTATIONS
 from tfbnas.errors import DatasetNotFoundError, IdxFormatError  # noqa: F401  (importable from here)
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)

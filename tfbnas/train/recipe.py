@@ -173,13 +173,11 @@ class TrainData:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.info = data.with_augment(
-            data.KNOWN_DATASETS.get(config.dataset) or data.dataset_info(config.dataset, config.data_dir),
-            config.augment)
         self.eval_batch_size = max(config.batch_size, 256)
         self._splits = data.make_splits(config.dataset, config.batch_size, config.data_dir, config.train_examples,
                                         config.test_examples, config.seed, config.download,
                                         eval_batch_size=self.eval_batch_size, augment=config.augment)
+        self.info = self._splits.info  # the dataset's info with config.augment applied
         self.test = self._splits.test
         self.val = None
         self._arrays = None
