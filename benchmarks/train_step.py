@@ -2,10 +2,11 @@
 convolution throughput.
 
     python benchmarks/train_step.py [--configs=smoke,fashion_mnist] [--genotype=PATH] [--steps=10]
-                                    [--no_grappler] [--no_pipeline]
+                                    [--no_grappler] [--no_pipeline] [--convs] [--TFBNAS_FLAG=VALUE ...]
 
 For each config (``configs/<name>.flags``, read as the main job reads it: the recipe's ``TrainConfig`` of
-its flags; default ``fashion_mnist``) it builds, in one run, the training steps of the recipe
+its flags, then any tfbnas flags given after the options, e.g. ``--child_init_channels=16``; default
+``fashion_mnist``) it builds, in one run, the training steps of the recipe
 (``tfbnas.train.recipe``: ``make_optimizer``, the phase's loss and metrics, ``Distiller`` with a frozen
 teacher) and times them side by side with the reference conv of ``benchmarks/search_step.py``:
 
@@ -52,7 +53,14 @@ call (tracing + graph optimisation + first run) and the peak RSS of the process 
 and run once (cumulative: steps are built in table order). Ops run with determinism on when the config's
 ``--deterministic`` is (the recipe's default); grappler is on as in ``python -m tfbnas.train``
 (``--no_grappler`` turns it off, as the main job's in-process training inherits from a search flagfile's
-``--nograph_optimizations``). The last line summarises the default config (``fashion_mnist``, else the
+``--nograph_optimizations``).
+
+``--convs`` then takes the labels-only Child apart: each distinct conv op of its traced step (input shape,
+kernel, stride, dilation, and which gradients the step computes) runs alone on a random +-1 batch, in turns
+with the reference, and the table gives each one's GFLOP/s and fraction of the reference and its count in
+the model. Their count-weighted sum is the step's time in convs, and total conv FLOPs over that time is
+the *ceiling*: the fraction of the reference the step would reach if sign, BatchNorm, shortcuts, pooling
+and the optimizer took no time, i.e. what fusing every other op could give at most. The last line summarises the default config (``fashion_mnist``, else the
 last one run)::
 
     SUMMARY train-step: reference X GFLOP/s; parent A% (B img/s); child-distilled C% (D img/s); \
@@ -86,19 +94,20 @@ from tfbnas.train.distiller import Distiller  # noqa: E402
 
 DEFAULT_CONFIG = "fashion_mnist"
 MAC_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+CONV_OPS = MAC_OPS[:2]
 SCHEDULE_STEPS = 10000  # length of the learning-rate schedule: it changes no step's work
 
 
-def train_config(name, genotype=None):
-    """The recipe of ``configs/<name>.flags`` (its ``TrainConfig``; space settled by ``resolve_space`` when
-    ``genotype`` is a file) and the genotype of the Child."""
+def train_config(name, genotype=None, overrides=()):
+    """The recipe of ``configs/<name>.flags`` with the tfbnas flags ``overrides`` after it (its ``TrainConfig``;
+    space settled by ``resolve_space`` when ``genotype`` is a file) and the genotype of the Child."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                         search_step.CONFIG_FILES[name])
     flags.FLAGS.unparse_flags()
-    flags.FLAGS([sys.argv[0], f"--flagfile={path}"])
+    flags.FLAGS([sys.argv[0], f"--flagfile={path}", *overrides])
     config = recipe.TrainConfig.from_flags(tflags.flag_values(["tfbnas"]))
-    if genotype is None:
-        return config, fixed_genotype(config.preset, config.nodes)
+    if genotype is None:  # (the space flags as resolve_space settles them, with the Child's own sizes)
+        return dataclasses.replace(config, **config.child_sizes()), fixed_genotype(config.preset, config.nodes)
     config, loaded, _ = recipe.resolve_space(dataclasses.replace(config, genotype=os.path.abspath(genotype),
                                                                  preset=None, nodes=None))
     return config, loaded
@@ -126,6 +135,98 @@ def arithmetic(model, training=True):
     convs = [(search_step._macs(op), op.inputs) for op in graph.get_operations() if op.type in MAC_OPS]
     return (sum(macs for macs, _ in convs), sum(macs for macs, (_, kernel) in convs if kernel.ref() in moved),
             sum(macs for macs, (x, _) in convs if x.ref() in moved))
+
+
+def conv_shapes(model):
+    """``{shape: (count, MACs per image)}`` of the conv ops of ``model``'s training forward pass, ``shape`` =
+    ``(op type, input H, W, C, kernel shape, strides, dilations, padding, kernel gradient?, input gradient?)``
+    (the gradients as :func:`arithmetic` counts them)."""
+    spec = tf.TensorSpec((1,) + tuple(model.input_shape[1:]), tf.float32)
+    graph = tf.function(lambda t: model(t, training=True)).get_concrete_function(spec).graph
+    handles = {id(v.handle) for v in model.trainable_variables}
+    moved = search_step._reachable(graph, [inner for outer, inner in graph.captures if id(outer) in handles])
+    shapes = {}
+    for op in graph.get_operations():
+        if op.type not in CONV_OPS:
+            continue
+        x, kernel = op.inputs[0], op.inputs[1]
+        padding = op.get_attr("padding").decode()
+        if padding == "EXPLICIT":
+            pads = op.get_attr("explicit_paddings")
+            padding = tuple(zip(pads[::2], pads[1::2]))
+        key = (op.type, tuple(x.shape.as_list()[1:]), tuple(kernel.shape.as_list()), tuple(op.get_attr("strides")),
+               tuple(op.get_attr("dilations")), padding, kernel.ref() in moved, x.ref() in moved)
+        count, _ = shapes.get(key, (0, 0))
+        shapes[key] = (count + 1, search_step._macs(op))
+    return shapes
+
+
+def conv_step(shape, macs, batch):
+    """The step of one conv ``shape`` (:func:`conv_shapes`) alone on a random +-1 batch: its forward and the
+    kernel and input gradients its model computes; returns the callable and its FLOPs (the step's counting
+    rule: ``2 * macs`` per image for each of the three that runs)."""
+    kind, (h, w, c), kernel, strides, dilations, padding, kernel_grad, input_grad = shape
+    rng = np.random.RandomState(0)
+    x = tf.constant(rng.choice([-1.0, 1.0], (batch, h, w, c)).astype(np.float32))
+    k = tf.Variable(rng.choice([-1.0, 1.0], kernel).astype(np.float32))
+    padding = [[0, 0], *padding[1:3], [0, 0]] if isinstance(padding, tuple) else padding
+    if kind == "Conv2D":
+        def conv(t):
+            return tf.nn.conv2d(t, k, strides, padding, dilations=dilations)
+    else:
+        def conv(t):
+            return tf.nn.depthwise_conv2d(t, k, strides, padding, dilations=dilations[1:3])
+    sources = [t for t, grad in ((x, input_grad), (k, kernel_grad)) if grad]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(x)
+            loss = tf.reduce_sum(y * y)
+        return [tf.reduce_sum(g) for g in tape.gradient(loss, sources)]
+
+    return (lambda: [float(g) for g in step()]), 2 * macs * batch * (1 + kernel_grad + input_grad)
+
+
+def conv_ceiling(name, config, genotype, steps, step_seconds):
+    """``--convs``: every distinct conv of the labels-only Child's step timed alone, in turns with the reference;
+    prints them and the fraction of the reference the step would reach if its convs were its only work."""
+    info = data.KNOWN_DATASETS[config.dataset]
+    recipe.configure_runtime(config)
+    child, _ = models(config, genotype, info)[0]["child"]
+    shapes = conv_shapes(child)
+    runs, flops = {}, {}
+    for i, (shape, (_, macs)) in enumerate(shapes.items()):
+        runs[i], flops[i] = conv_step(shape, macs, config.batch_size)
+    runs["reference"], ref_flops = search_step.reference_conv()
+    empty = tf.function(lambda: tf.reduce_sum(tf.ones([2])))
+    runs["call"] = lambda: float(empty())
+    seconds = search_step.round_robin(runs, steps)
+    peak = ref_flops / seconds.pop("reference") / 1e9
+    call = seconds.pop("call")
+    seconds = {i: max(t - call, 1e-6) for i, t in seconds.items()}
+    print(f"\n{name}: each conv of the labels-only Child step alone (forward + the gradients the step computes, "
+          f"batch {config.batch_size}), timed in turns with (a) = {peak:.1f} GFLOP/s, less the {call * 1e3:.2f} ms "
+          f"of an empty call")
+    header = (f"{'op':8} {'input':>10} {'kernel':>11} {'stride':>6} {'dil':>3} {'grads':>5} {'count':>5} "
+              f"{'GFLOP':>6} {'ms':>6} {'GFLOP/s':>7} {'of (a)':>6}")
+    print(header)
+    print("-" * len(header))
+    total_flops = total_seconds = 0.0
+    for i, (shape, (count, _)) in enumerate(shapes.items()):
+        kind, hwc, kernel, strides, dilations, _, kernel_grad, input_grad = shape
+        rate = flops[i] / seconds[i] / 1e9
+        total_flops += count * flops[i]
+        total_seconds += count * seconds[i]
+        grads = ("K" if kernel_grad else "") + ("I" if input_grad else "")
+        print(f"{kind[:8]:8} {'x'.join(map(str, hwc)):>10} {'x'.join(map(str, kernel)):>11} {strides[1]:>6} "
+              f"{dilations[1]:>3} {grads:>5} {count:>5} {flops[i] / 1e9:6.3f} {seconds[i] * 1e3:6.2f} {rate:7.1f} "
+              f"{rate / peak:6.1%}")
+    ceiling = total_flops / total_seconds / 1e9 / peak
+    print(f"{name:13} convs alone: {total_seconds * 1e3:.1f} ms = {total_seconds / step_seconds:.0%} of the "
+          f"labels-only Child step; ceiling {ceiling:.1%} of (a): the step's fraction if its other ops took no time")
+    return ceiling
 
 
 def step_flops(model, teacher=None):
@@ -249,7 +350,12 @@ def main():
     parser.add_argument("--no_grappler", action="store_true", help="disable grappler's meta optimizer")
     parser.add_argument("--no_pipeline", dest="pipeline", action="store_false",
                         help="skip the input-pipeline measurement")
-    args = parser.parse_args()
+    parser.add_argument("--convs", action="store_true", help="also time each conv of the labels-only Child alone "
+                        "and print the step's ceiling if the convs were its only work")
+    args, overrides = parser.parse_known_args()
+    if any(not arg.startswith("--") for arg in overrides):
+        parser.error(f"unexpected argument(s) {' '.join(overrides)}: tfbnas flags after the options are written "
+                     "--name=value, e.g. --child_init_channels=16")
     names = args.configs.split(",")
     unknown = [n for n in names if n not in search_step.CONFIG_FILES]
     if unknown or args.steps < 1:
@@ -261,8 +367,13 @@ def main():
           f"{args.steps}")
     results = {}
     for name in names:
-        config, genotype = train_config(name, args.genotype)
+        try:
+            config, genotype = train_config(name, args.genotype, overrides)
+        except flags.Error as e:
+            parser.error(f"{e} (the tfbnas flags after the options go after configs/{name}.flags)")
         results[name] = measure(name, config, genotype, args.steps, args.pipeline)
+        if args.convs:
+            conv_ceiling(name, config, genotype, args.steps, results[name][0]["child"]["seconds"])
     rows, peak = results.get(DEFAULT_CONFIG) or results[names[-1]]
     parts = "; ".join(f"{step} {rows[step]['fraction']:.1%} ({rows[step]['images']:.0f} img/s)"
                       for step in ("parent", "child-distilled", "baseline"))

@@ -18,6 +18,8 @@ STEPS = ["parent", "child", "child-distilled", "baseline"]
 NUMBER = r"(\d+(?:\.\d+)?)"
 ROW = re.compile(rf"^smoke\s+({'|'.join(STEPS)})\s+" + r"\s+".join([NUMBER] * 4) + rf"\s+{NUMBER}%\s+"
                  + r"\s+".join([NUMBER] * 3) + "$", re.M)
+CONV_ROW = re.compile(r"^(?:Conv2D|Depthwis)\s+\d+x\d+x\d+\s+[\dx]+\s+\d+\s+\d+\s+K?I?\s+(\d+)\s+"
+                      + r"\s+".join([NUMBER] * 3) + rf"\s+{NUMBER}%$", re.M)
 SUMMARY = re.compile(rf"^SUMMARY train-step: reference {NUMBER} GFLOP/s; parent {NUMBER}% \({NUMBER} img/s\); "
                      rf"child-distilled {NUMBER}% \({NUMBER} img/s\); baseline {NUMBER}% \({NUMBER} img/s\); "
                      rf"peak RSS {NUMBER} MiB$")
@@ -60,6 +62,37 @@ def test_deeper_model_and_frozen_teacher_by_hand(ts):
     assert ts.step_flops(student, teacher) == ts.step_flops(student) + 2 * (stem + depthwise + dense)
 
 
+def test_conv_shapes_and_their_steps_by_hand(ts):
+    from tfbnas.space.child_ops import NativeQuantConv2D
+
+    inputs = tf.keras.Input((8, 8, 3))
+    x = tf.keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    frozen = tf.keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
+    frozen.trainable = False
+    same = [tf.keras.layers.Conv2D(4, 3, padding="same", use_bias=False) for _ in range(2)]
+    x = same[0](x) + same[1](x) + frozen(x)
+    x = NativeQuantConv2D(4, 3, dilation_rate=2, padding="same", use_bias=False)(x)
+    x = tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False)(x)
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(5)(tf.keras.layers.GlobalAveragePooling2D()(x)))
+    one, two = (1, 1, 1, 1), (1, 2, 2, 1)  # strides or dilations
+    shapes = ts.conv_shapes(model)
+    assert shapes == {
+        # the stem reads the image: kernel gradient only
+        ("Conv2D", (8, 8, 3), (3, 3, 3, 4), one, one, "SAME", True, False): (1, 8 * 8 * 3 * 4 * 9),
+        # two convs of one shape are one entry counted twice; a frozen one gets no kernel gradient
+        ("Conv2D", (8, 8, 4), (3, 3, 4, 4), one, one, "SAME", True, True): (2, 8 * 8 * 4 * 4 * 9),
+        ("Conv2D", (8, 8, 4), (3, 3, 4, 4), one, one, "SAME", False, True): (1, 8 * 8 * 4 * 4 * 9),
+        ("Conv2D", (8, 8, 4), (3, 3, 4, 4), one, two, "SAME", True, True): (1, 8 * 8 * 4 * 4 * 9),
+        ("DepthwiseConv2dNative", (8, 8, 4), (3, 3, 4, 1), two, one, "SAME", True, True): (1, 4 * 4 * 4 * 9),
+    }
+    # the table's convs are the step's forward arithmetic less the classifier's matmul
+    assert sum(count * macs for count, macs in shapes.values()) == ts.arithmetic(model)[0] - 4 * 5
+    for shape, (_, macs) in shapes.items():
+        run, flops = ts.conv_step(shape, macs, batch=2)
+        gradients = shape[-2] + shape[-1]
+        assert flops == 2 * macs * 2 * (1 + gradients) and len(run()) == gradients
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_fixed_genotype_cycles_the_documented_ops(ts, preset):
     convs = [op for op in PRESETS[preset] if op not in PARAM_FREE_OPS]
@@ -77,7 +110,8 @@ def _smoke_command(folder):
     # One node per cell (a --genotype file) and grappler off keep the run near 40 s on 2 busy cores.
     genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("dil_conv_3x3", 1)],
                         [("max_pool_3x3", 0), ("sep_conv_5x5", 1)]).save(str(folder / "genotype.json"))
-    return [sys.executable, SCRIPT, "--configs=smoke", "--steps=2", f"--genotype={genotype}", "--no_grappler"]
+    return [sys.executable, SCRIPT, "--configs=smoke", "--steps=2", f"--genotype={genotype}", "--no_grappler",
+            "--convs", "--child_init_channels=6"]
 
 
 # It starts beside the in-process tests (conftest.BackgroundRun); its figures are only checked against each other.
@@ -94,7 +128,7 @@ def test_smoke_run_prints_consistent_table_and_summary(smoke_run):
     result = smoke_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "dcp Child, C=8, 3 cells, nodes 1, batch 32" in out
+    assert "dcp Child, C=6, 3 cells, nodes 1, batch 32" in out  # --child_init_channels over the flagfile's C=8
     assert "genotype sep_conv_3x3,dil_conv_3x3 | max_pool_3x3,sep_conv_5x5" in out
 
     rows = {m[0]: [float(v) for v in m[1:]] for m in ROW.findall(out)}
@@ -122,3 +156,14 @@ def test_smoke_run_prints_consistent_table_and_summary(smoke_run):
         assert percent == pytest.approx(rows[step][4], abs=0.051)
         assert images == pytest.approx(rows[step][2], abs=0.51)
     assert rss >= max(row[7] for row in rows.values())
+
+    # --convs: the labels-only Child's convs, whose FLOPs add up to its step's (less the classifier's matmul)
+    convs = [[float(v) for v in m] for m in CONV_ROW.findall(out)]
+    assert convs and all(min(row) > 0 for row in convs), out
+    assert sum(count * gflop for count, gflop, *_ in convs) == pytest.approx(child, abs=0.002 * len(convs))
+    for count, gflop, ms, rate, percent in convs:
+        assert rate == pytest.approx(gflop / (ms / 1e3), rel=0.02, abs=0.2)
+    ceiling = re.search(r"^smoke\s+convs alone: ([\d.]+) ms = (\d+)% of the labels-only Child step; ceiling "
+                        r"([\d.]+)% of \(a\)", out, re.M)
+    assert ceiling, out
+    assert float(ceiling[1]) == pytest.approx(sum(count * ms for count, _, ms, *_ in convs), rel=0.01, abs=0.1)

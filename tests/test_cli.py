@@ -95,12 +95,14 @@ def test_inheritance_from_a_partial_channel_search_is_refused_before_any_folder(
 
 
 def _genotype_job(folder):
-    """The main job on a given genotype (one node per cell, labels only, one epoch): no search."""
+    """The main job on a given genotype (one node per cell, labels only, one epoch; the Child narrower than the
+    flagfile's --init_channels): no search."""
     genotype = Genotype("dcp", 1, [("sep_conv_3x3", 0), ("max_pool_3x3", 1)],
                         [("dil_conv_3x3", 0), ("skip_connect", 1)]).save(str(folder / "genotype.json"))
     return [sys.executable, "-m", "tfbnas.run", "--flagfile=configs/smoke.flags", "--nodes=1", f"--genotype={genotype}",
             "--train_examples=2048", "--test_examples=512", "--epochs=1", "--parent_epochs=0", "--distill_alpha=0",
-            "--val_fraction=0", "--parity_examples=32", "--benchmark_runs=1", f"--output_dir={folder / 'run'}"]
+            "--val_fraction=0", "--parity_examples=32", "--benchmark_runs=1", "--child_init_channels=6",
+            f"--output_dir={folder / 'run'}"]
 
 
 GENOTYPE_JOB = BackgroundRun(__name__, "genotype_job", "run-genotype", _genotype_job)
@@ -125,6 +127,10 @@ def test_main_job_on_a_genotype_file_skips_the_search(genotype_job):
     assert trained == Genotype.load(str(folder / "genotype.json"))
     assert summary["deploy"]["binary_convs"] > 0 and (out / "deploy" / "child.tflite").exists()
     assert "## Search" not in (out / "report.md").read_text()
+    # --child_init_channels sizes the trained Child over the flagfile's --init_channels=8 (the supernet's)
+    space = json.loads((out / "train" / "space.json").read_text())
+    assert space["init_channels"] == {"value": 6, "from": "--child_init_channels"}
+    assert "C=6, nodes 1" in result.stdout
 
 
 def test_missing_data_is_one_line_and_exit_1(missing_data_run):

@@ -265,6 +265,20 @@ def test_space_comes_from_the_search_run_and_explicit_flags_win(tmp_path):
     assert (config.preset, config.nodes, config.num_cells) == ("bats", 3, 8) and sources["preset"] == "the genotype"
 
 
+def test_the_child_can_be_sized_apart_from_the_searched_supernet(tmp_path):
+    # The main job passes one --init_channels / --num_cells (the supernet's, also in the search's flags.json);
+    # --child_init_channels / --child_num_cells win over both and over an explicit --init_channels.
+    path = search_run(tmp_path, tiny_genotype("dcp", 2), preset="dcp", init_channels=6, num_cells=4, nodes=2)
+    config, _, sources = resolve_space(TrainConfig(genotype=path, init_channels=8, child_init_channels=12,
+                                                   child_num_cells=5, widths=["1"] * 5))
+    assert (config.init_channels, config.num_cells, config.nodes) == (12, 5, 2)
+    assert (sources["init_channels"], sources["num_cells"]) == ("--child_init_channels", "--child_num_cells")
+    # --widths is checked against the Child's cells, not the supernet's
+    with pytest.raises(ConfigError, match=r"--widths has 4 values but the Child has num_cells=5 \(from "
+                                          r"--child_num_cells\)"):
+        resolve_space(TrainConfig(genotype=path, child_num_cells=5, widths=[1] * 4))
+
+
 def test_genotype_of_another_preset_or_node_count_or_wrong_widths_fails_naming_the_field(tmp_path):
     path = search_run(tmp_path, tiny_genotype("bats", 1), preset="dcp", nodes=1, num_cells=3)
     with pytest.raises(ConfigError, match=r"genotype field 'preset' is 'bats'.*says 'dcp'.*--preset=bats"):

@@ -140,13 +140,17 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
 
     Space fields left ``None`` are taken from the search run's ``flags.json`` beside the genotype,
     then (``preset``, ``nodes``) from the genotype itself, then from :class:`SpaceConfig`'s defaults
-    (:func:`tfbnas.train.recipe.resolve_space`).
+    (:func:`tfbnas.train.recipe.resolve_space`). ``child_init_channels`` and ``child_num_cells`` win over
+    all of them: the main job reads one ``--init_channels`` / ``--num_cells`` for the searched supernet, and
+    these size the trained Child apart from it (DARTS trains its searched cells wider and deeper).
     """
 
     preset: Optional[str] = None
     init_channels: Optional[int] = None
     num_cells: Optional[int] = None
     nodes: Optional[int] = None
+    child_init_channels: Optional[int] = None
+    child_num_cells: Optional[int] = None
     genotype: Optional[str] = None
     widths: Optional[List[float]] = None
     epochs: int = 10
@@ -179,6 +183,12 @@ class TrainConfig(DataConfig, SpaceConfig, RuntimeConfig):
         if phase == "stage1":
             return self.stage1_epochs or self.epochs
         return self.epochs
+
+    def child_sizes(self) -> dict:
+        """The trained Child's sizes set apart from the space flags: ``{"init_channels": .., "num_cells": ..}``
+        for each of ``child_init_channels`` / ``child_num_cells`` that is set (they win over the space fields)."""
+        return {name: getattr(self, f"child_{name}") for name in ("init_channels", "num_cells")
+                if getattr(self, f"child_{name}") is not None}
 
     def learns_from_parent(self) -> bool:
         """Whether the recipe uses a Parent at all: the Child is distilled from it or initialised from it."""

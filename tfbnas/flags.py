@@ -105,6 +105,11 @@ def define_train_flags():
     d, t = _define_once, _TRAIN
     d(flags.DEFINE_string, "genotype", t.genotype, "genotype.json of a search run (python -m tfbnas.search writes "
       "RUN/genotype.json); the space flags default to RUN/flags.json.")
+    d(flags.DEFINE_integer, "child_init_channels", t.child_init_channels, "Channels C of the trained Child's first "
+      "cells (default: --init_channels). In the main job --init_channels sizes the searched supernet and this the "
+      "Child trained from its genotype; its Parent twin follows.", lower_bound=1)
+    d(flags.DEFINE_integer, "child_num_cells", t.child_num_cells, "Cells of the trained Child (default: "
+      "--num_cells; reductions at 1/3 and 2/3), as --child_init_channels.", lower_bound=1)
     d(flags.DEFINE_list, "widths", t.widths, "Per-cell channel multipliers of the Child, one per cell (e.g. 0.5,1,1).")
     d(flags.DEFINE_integer, "epochs", t.epochs, "Epochs of the Child (of each stage with --two_stage).", lower_bound=1)
     d(flags.DEFINE_integer, "parent_epochs", t.parent_epochs, "Epochs of the real-valued Parent teacher (default: "

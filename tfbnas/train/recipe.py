@@ -100,6 +100,8 @@ def resolve_space(config: TrainConfig):
         if value is None:
             value, source = getattr(SpaceConfig, name), f"the default --{name}"
         values[name], sources[name] = value, source
+    for name, value in config.child_sizes().items():  # the trained Child sized apart from the searched supernet
+        values[name], sources[name] = value, f"--child_{name}"
     for name in ("preset", "nodes"):
         if getattr(genotype, name) != values[name]:
             raise ConfigError(

@@ -130,8 +130,8 @@ def inherit_from_search(model: tf.keras.Model, role: str, folder: str) -> bool:
 
     source = tf.keras.models.load_model(path, compile=False)
     check_same_shapes(source, model, f"--init_from_search: {path} does not fit the {role} (other --widths or sizes "
-                                     "than the search's); train with the search's space flags and no --widths, or "
-                                     "pass --noinit_from_search")
+                                     "than the search's); train with the search's space flags, no --widths and no "
+                                     "--child_init_channels / --child_num_cells, or pass --noinit_from_search")
     model.set_weights(source.get_weights())
     return True
 
