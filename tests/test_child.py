@@ -142,7 +142,9 @@ def test_child_trains_on_fashion_mnist(fashion_arrays):
     child = build_child(DCP, num_classes=10, input_shape=(28, 28, 1), init_channels=8, num_cells=3)
     child.compile(tf.keras.optimizers.Adam(3e-3), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   ["accuracy"])
-    child.fit(scale(x_train[:1000]), y_train[:1000], batch_size=16, epochs=1, verbose=0)
+    # two passes: after one (63 steps) a 1-bit Child was at 0.23-0.62 over ten seeds, after two at 0.58-0.60
+    # over three
+    child.fit(scale(x_train[:1000]), y_train[:1000], batch_size=16, epochs=2, verbose=0)
     _, accuracy = child.evaluate(scale(x_test[:500]), y_test[:500], verbose=0)
     assert accuracy > 0.3, accuracy  # chance is 0.1
 

@@ -79,6 +79,10 @@ def test_supernet_op_equals_child_op(name, stride, binary):
     got = search(x, training=False).numpy()
     assert got.shape == want.shape == (2, -(-size // stride), -(-size // stride), channels)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # In training mode too (BatchNorm on batch statistics): each BatchNorm normalises the same outputs, also
+    # a strided dilated conv's, whose Child keeps the pixels the conv reads before convolving them.
+    np.testing.assert_allclose(search(x, training=True).numpy(), child(x, training=True).numpy(), rtol=1e-4,
+                               atol=1e-4)
     if binary and OPS[name].kind == "conv":
         # A binary conv's pre-BN output is an integer: the child really is 1-bit.
         conv = layers[0]

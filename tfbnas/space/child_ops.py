@@ -152,13 +152,28 @@ def batch_norm(name: Optional[str] = None) -> tf.keras.layers.BatchNormalization
 
 def child_conv_bn(x, filters: int, kernel_size: int = 1, strides: int = 1, dilation_rate: int = 1, groups: int = 1,
                   binary: bool = True, prefix: str = "conv"):
-    """Child form of :class:`SearchConvBN`: ``QuantConv2D`` + BN (+ :class:`Subsample2D` when strided
-    and dilated). Returns ``(output, weighted_layers)``."""
-    conv_stride = 1 if (dilation_rate > 1 and strides > 1) else strides
-    conv = quant_conv(filters, kernel_size, conv_stride, dilation_rate, groups, binary, name=f"{prefix}_qconv")
+    """Child form of :class:`SearchConvBN`: ``QuantConv2D`` + BN. Returns ``(output, weighted_layers)``.
+
+    Keras convs cannot be strided and dilated. Such a conv reads only every ``strides``-th pixel when its
+    dilation and its "same" padding (``dilation * (k - 1) / 2`` at stride 1) are multiples of the stride (the
+    table's ops: dilation 2, odd k, stride 2), so the Child keeps those pixels first (:class:`Subsample2D`)
+    and convolves them at stride 1 with ``dilation / strides``: the strided dilated conv exactly, BatchNorm
+    over its outputs as in the supernet, for ``1 / strides**2`` of the stride-1 conv's arithmetic. Other
+    strided dilated convs run at stride 1 and keep every ``strides``-th output after BatchNorm.
+    """
+    conv_stride, conv_dilation, before, after = strides, dilation_rate, False, False
+    if dilation_rate > 1 and strides > 1:
+        conv_stride = 1
+        if dilation_rate % strides == 0 and (dilation_rate * (kernel_size - 1) // 2) % strides == 0:
+            conv_dilation, before = dilation_rate // strides, True
+        else:
+            after = True
+    if before:
+        x = Subsample2D(strides, name=f"{prefix}_subsample")(x)
+    conv = quant_conv(filters, kernel_size, conv_stride, conv_dilation, groups, binary, name=f"{prefix}_qconv")
     bn = batch_norm(name=f"{prefix}_bn")
     y = bn(conv(x))
-    if conv_stride != strides:
+    if after:
         y = Subsample2D(strides, name=f"{prefix}_subsample")(y)
     return y, [conv, bn]
 

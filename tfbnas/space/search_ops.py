@@ -57,7 +57,8 @@ class SearchConvBN(SearchOp):
     The kernel has shape ``(k, k, Cin / groups, filters)`` and is run by one ``tf.nn.conv2d``.
     The input is padded explicitly ("same", with +1 in Child mode, 0 in Parent mode). A strided
     dilated conv pads as at stride 1 and then keeps every ``strides``-th output, which is what its
-    Child form (stride-1 dilated ``QuantConv2D`` + :class:`Subsample2D`) computes.
+    Child form computes (:func:`~tfbnas.space.child_ops.child_conv_bn`: :class:`Subsample2D`, then a
+    stride-1 ``QuantConv2D`` of ``dilation / strides``).
 
     Args:
         filters: output channels.
