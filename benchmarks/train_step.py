@@ -57,11 +57,13 @@ and run once (cumulative: steps are built in table order). Ops run with determin
 
 ``--convs`` then takes the labels-only Child apart: each distinct conv op of its traced step (input shape,
 kernel, stride, dilation, and which gradients the step computes) runs alone on a random +-1 batch, in turns
-with the reference, and the table gives each one's GFLOP/s and fraction of the reference and its count in
-the model. Their count-weighted sum is the step's time in convs, and total conv FLOPs over that time is
-the *ceiling*: the fraction of the reference the step would reach if sign, BatchNorm, shortcuts, pooling
-and the optimizer took no time, i.e. what fusing every other op could give at most. The last line summarises the default config (``fashion_mnist``, else the
-last one run)::
+with the reference and with an empty ``tf.function`` call whose time is subtracted, and the table gives
+each one's GFLOP/s, fraction of the reference and count in the model. Their count-weighted sum is the
+step's time in convs, and total conv FLOPs over that time is the *ceiling*: the fraction of the reference
+the step would reach if sign, BatchNorm, shortcuts, pooling and the optimizer took no time, i.e. what
+fusing every other op could give at most.
+
+The last line summarises the default config (``fashion_mnist``, else the last one run)::
 
     SUMMARY train-step: reference X GFLOP/s; parent A% (B img/s); child-distilled C% (D img/s); \
 baseline E% (F img/s); peak RSS G MiB

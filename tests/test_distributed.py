@@ -221,23 +221,37 @@ def test_two_worker_training_matches_one_process(genotype_path, tmp_path):
 
     import tensorflow as tf  # after tfbnas (conftest), which registers the Child's layers for load_model
 
+    from tfbnas.config import DEFAULT_LR
+
+    lr, steps = DEFAULT_LR["adam"], 2  # TRAIN: 2 steps per phase at Adam's default learning rate
     for name in ("parent.keras", "child.keras"):
-        a = tf.keras.models.load_model(tmp_path / "single" / name, compile=False).get_weights()
+        model = tf.keras.models.load_model(tmp_path / "single" / name, compile=False)
+        a = model.get_weights()
         b = tf.keras.models.load_model(tmp_path / "chief" / name, compile=False).get_weights()
         assert [x.shape for x in a] == [y.shape for y in b]
-        # measured: kernels, gamma, beta within 6e-5; moving variances within 3e-4 relative, the Bessel
-        # factor n / (n - 1) of n = 16 x 14 x 14: the fused BatchNorm of one device corrects the batch
-        # variance it averages in, the synchronised BatchNorm of two workers does not
-        for x, y in zip(a, b):
-            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4, err_msg=name)
+        # Moving variances differ by the Bessel factor n / (n - 1): the fused BatchNorm of one device corrects
+        # the batch variance it averages in, the synchronised BatchNorm of two workers does not; the smallest
+        # n is 16 x 7 x 7 (the second reduction cell's dilated conv), 1.3e-3 (measured 1.25e-3).
+        # Everything else: Adam's first steps move each weight by about +-lr whatever its gradient's size, so
+        # a weight whose gradient is float-order noise can land 2 lr apart per step on two workers (measured:
+        # 18 of the Parent's 4026 weights, up to 3.9e-3, none of the Child's; all others within the tight
+        # tolerance). A worker that missed the other's gradients or statistics would move most weights.
+        tight, total = 0, 0
+        for weight, x, y in zip(model.weights, a, b):
+            rtol = 2e-3 if "moving_variance" in weight.name else 1e-3
+            np.testing.assert_allclose(x, y, rtol=rtol, atol=2 * lr * steps, err_msg=f"{name} {weight.name}")
+            tight += int(np.isclose(y, x, rtol=rtol, atol=1e-4).sum())
+            total += x.size
+        assert tight >= 0.97 * total, (name, tight, total)
     m_single, m_chief = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("single", "chief"))
     assert m_single["sizes"] == m_chief["sizes"]
     assert abs(m_single["test_top1"] - m_chief["test_top1"]) <= 0.05
-    # per-epoch training and validation metrics: of the global batch, not summed over the workers
+    # per-epoch training and validation metrics: of the global batch, not summed over the workers (which would
+    # double them); the Parent's few noise-moved weights shift them by up to 2.6e-3 (measured)
     single_rows, chief_rows = (list(csv.DictReader(open(tmp_path / d / "history.csv"))) for d in ("single", "chief"))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_top5"):
         np.testing.assert_allclose([float(r[key]) for r in chief_rows], [float(r[key]) for r in single_rows],
-                                   rtol=1e-3, err_msg=key)
+                                   rtol=1e-2, err_msg=key)
 
 
 DCP = ["--flagfile=configs/smoke.flags", "--init_channels=4", "--nodes=1", "--train_examples=128",
