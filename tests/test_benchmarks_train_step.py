@@ -159,7 +159,8 @@ def test_smoke_run_prints_consistent_table_and_summary(smoke_run):
 
     # --convs: the labels-only Child's convs, whose FLOPs add up to its step's (less the classifier's matmul)
     convs = [[float(v) for v in m] for m in CONV_ROW.findall(out)]
-    assert convs and all(min(row) > 0 for row in convs), out
+    # (a conv's ms is its median less an empty call's: on a loaded machine a tiny one may print 0.00)
+    assert convs and all(count >= 1 and gflop > 0 and min(rest) >= 0 for count, gflop, *rest in convs), out
     assert sum(count * gflop for count, gflop, *_ in convs) == pytest.approx(child, abs=0.002 * len(convs))
     for count, gflop, ms, rate, percent in convs:  # as printed: GFLOP to 0.001, ms to 0.01, GFLOP/s to 0.1
         assert abs(rate * ms / 1e3 - gflop) <= 0.0005 + 0.05 * ms / 1e3 + 0.005 * rate / 1e3 + 1e-9
