@@ -127,13 +127,19 @@ def fixed_genotype(preset, nodes):
     return Genotype(preset, nodes, cell(0), cell(2))
 
 
-def arithmetic(model, training=True):
-    """``(F, K, I)``: forward, kernel-gradient and input-gradient multiply-accumulates per image of one step of
-    ``model`` (module docstring); ``K = I = 0`` for a frozen model (a teacher)."""
+def traced_forward(model, training=True):
+    """``(graph, moved)``: the graph of ``model``'s forward pass on one image and the tensors that depend on a
+    trainable variable (where the step computes gradients)."""
     spec = tf.TensorSpec((1,) + tuple(model.input_shape[1:]), tf.float32)
     graph = tf.function(lambda t: model(t, training=training)).get_concrete_function(spec).graph
     handles = {id(v.handle) for v in model.trainable_variables}
-    moved = search_step._reachable(graph, [inner for outer, inner in graph.captures if id(outer) in handles])
+    return graph, search_step._reachable(graph, [inner for outer, inner in graph.captures if id(outer) in handles])
+
+
+def arithmetic(model, training=True):
+    """``(F, K, I)``: forward, kernel-gradient and input-gradient multiply-accumulates per image of one step of
+    ``model`` (module docstring); ``K = I = 0`` for a frozen model (a teacher)."""
+    graph, moved = traced_forward(model, training)
     convs = [(search_step._macs(op), op.inputs) for op in graph.get_operations() if op.type in MAC_OPS]
     return (sum(macs for macs, _ in convs), sum(macs for macs, (_, kernel) in convs if kernel.ref() in moved),
             sum(macs for macs, (x, _) in convs if x.ref() in moved))
@@ -143,10 +149,7 @@ def conv_shapes(model):
     """``{shape: (count, MACs per image)}`` of the conv ops of ``model``'s training forward pass, ``shape`` =
     ``(op type, input H, W, C, kernel shape, strides, dilations, padding, kernel gradient?, input gradient?)``
     (the gradients as :func:`arithmetic` counts them)."""
-    spec = tf.TensorSpec((1,) + tuple(model.input_shape[1:]), tf.float32)
-    graph = tf.function(lambda t: model(t, training=True)).get_concrete_function(spec).graph
-    handles = {id(v.handle) for v in model.trainable_variables}
-    moved = search_step._reachable(graph, [inner for outer, inner in graph.captures if id(outer) in handles])
+    graph, moved = traced_forward(model)
     shapes = {}
     for op in graph.get_operations():
         if op.type not in CONV_OPS:
@@ -194,10 +197,8 @@ def conv_step(shape, macs, batch):
 def conv_ceiling(name, config, genotype, steps, step_seconds):
     """``--convs``: every distinct conv of the labels-only Child's step timed alone, in turns with the reference;
     prints them and the fraction of the reference the step would reach if its convs were its only work."""
-    info = data.KNOWN_DATASETS[config.dataset]
     recipe.configure_runtime(config)
-    child, _ = models(config, genotype, info)[0]["child"]
-    shapes = conv_shapes(child)
+    shapes = conv_shapes(build_child(genotype, **child_kwargs(config, data.KNOWN_DATASETS[config.dataset])))
     runs, flops = {}, {}
     for i, (shape, (_, macs)) in enumerate(shapes.items()):
         runs[i], flops[i] = conv_step(shape, macs, config.batch_size)
@@ -250,10 +251,15 @@ def compiled(model, teacher, config):
     return distiller
 
 
+def child_kwargs(config, info):
+    """The ``build_child`` / ``build_parent`` arguments of the config's Child on the dataset ``info``."""
+    return dict(num_classes=info.num_classes, input_shape=info.image_shape, init_channels=config.init_channels,
+                num_cells=config.num_cells, widths=config.widths)
+
+
 def models(config, genotype, info):
     """``{step: (model, teacher or None)}`` of the four steps (module docstring) and the baseline's widths."""
-    kwargs = dict(num_classes=info.num_classes, input_shape=info.image_shape, init_channels=config.init_channels,
-                  num_cells=config.num_cells, widths=config.widths)
+    kwargs = child_kwargs(config, info)
     child = build_child(genotype, **kwargs)
     widths = search_quality.matched_resnet_widths(model_cost(child).ops, info)
     baseline = binary_resnet(info.image_shape, info.num_classes, widths=widths)
